@@ -1,0 +1,73 @@
+"""One nox session per package, each in its own venv with only that package's framework.
+
+`nox` runs them all (the README's test command); `nox -s demo` runs the demo.
+pip (nox's default virtualenv backend), not uv: torch 2.13.0 comes from a wheel on this machine's
+disk that only pip finds.
+"""
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.sessions = ["core", "metrics", "pytorch", "tensorflow", "mxnet", "demo"]
+nox.options.reuse_existing_virtualenvs = False
+
+CORE = "./packages/ilit-core"
+METRICS = "./packages/ilit-metrics"
+TOY = "./packages/ilit-core/tests/toy_plugin"
+
+TORCH = "torch==2.13.0"
+TENSORFLOW = ("tensorflow-cpu==2.21.0", "ai-edge-litert")
+MXNET = ("mxnet==1.9.1", "numpy==1.23.5", "scipy==1.10.1")
+
+
+def pytest(session: nox.Session, path: str, *extra: str) -> None:
+    """Run pytest; its exit code 5 (no tests collected) fails the session like any other failure."""
+    session.run("python", "-m", "pytest", path, "-q", "-p", "no:cacheprovider", *extra, *session.posargs)
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """ilit-core alone: proves the install stays light and no framework is imported."""
+    session.install(CORE)
+    session.run("python", "packages/ilit-core/tests/check_light_install.py")
+    session.install(TOY, "pytest", "hypothesis", "scikit-learn")
+    pytest(session, "packages/ilit-core/tests")
+
+
+@nox.session
+def metrics(session: nox.Session) -> None:
+    """ilit-metrics with its reference implementations, no framework."""
+    session.install(CORE, f"{METRICS}[coco]", "pytest", "hypothesis", "scikit-learn")
+    pytest(session, "packages/ilit-metrics/tests")
+
+
+@nox.session
+def pytorch(session: nox.Session) -> None:
+    """ilit-pytorch with torch 2.13.0 (CPU, from this machine's disk)."""
+    session.install(TORCH)
+    session.install(CORE, METRICS, "./packages/ilit-pytorch[torch]", "pytest", "scikit-learn")
+    pytest(session, "packages/ilit-pytorch/tests")
+
+
+@nox.session
+def tensorflow(session: nox.Session) -> None:
+    """ilit-tensorflow with tensorflow-cpu 2.21.0 and the LiteRT interpreter."""
+    session.install(*TENSORFLOW)
+    session.install(CORE, METRICS, "./packages/ilit-tensorflow[tensorflow]", "pytest", "scikit-learn")
+    pytest(session, "packages/ilit-tensorflow/tests")
+
+
+@nox.session
+def mxnet(session: nox.Session) -> None:
+    """ilit-mxnet with MXNet 1.9.1, which needs numpy 1.23.5 (it breaks on numpy >= 1.24)."""
+    session.install(*MXNET)
+    session.install(CORE, METRICS, "./packages/ilit-mxnet[mxnet]", "pytest", "scikit-learn<1.4", *MXNET)
+    pytest(session, "packages/ilit-mxnet/tests")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: train a small CNN on scikit-learn's digits, tune it to INT8 with ilit, print the results."""
+    session.install(TORCH)
+    session.install(CORE, METRICS, "./packages/ilit-pytorch[torch]", "scikit-learn")
+    session.run("python", "examples/pytorch_digits_demo.py", *session.posargs)

@@ -1,0 +1,44 @@
+"""ilit: accuracy-driven INT8 quantization tuning for PyTorch, TensorFlow and MXNet models.
+
+The core holds the user API (:class:`Tuner`), the extension API (:class:`Adaptor`,
+:class:`Strategy`, :class:`Metric`, :class:`Objective`) and never imports a framework.
+"""
+
+from .adaptor import Adaptor, to_numpy
+from .config import Config, load_config
+from .errors import ConfigError, PluginLoadError, PluginNotFoundError, ResumeError
+from .history import History, Trial
+from .metric import Metric
+from .objective import Objective
+from .space import TuningSpace
+from .strategy import Strategy, StrategyContext, TrialResult
+from .tune_cfg import TuneCfg, calibration_key, cfg_fingerprint, fallback_ops, is_quantized, quantized_ops
+from .tuner import Tuner
+from .version import __version__
+
+__all__ = [
+    "Tuner",
+    "Config",
+    "load_config",
+    "ConfigError",
+    "PluginNotFoundError",
+    "PluginLoadError",
+    "ResumeError",
+    "Adaptor",
+    "Strategy",
+    "StrategyContext",
+    "TrialResult",
+    "Metric",
+    "Objective",
+    "TuningSpace",
+    "TuneCfg",
+    "History",
+    "Trial",
+    "to_numpy",
+    "is_quantized",
+    "quantized_ops",
+    "fallback_ops",
+    "calibration_key",
+    "cfg_fingerprint",
+    "__version__",
+]

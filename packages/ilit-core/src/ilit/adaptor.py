@@ -1,0 +1,119 @@
+"""The ``Adaptor`` protocol: what a framework plugin implements (extension API)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .config import Config
+from .metric import Metric
+from .tune_cfg import TuneCfg
+
+__all__ = ["Adaptor", "to_numpy"]
+
+
+def to_numpy(value: Any) -> Any:
+    """Convert framework outputs (tensors, or lists/tuples/dicts of them) to numpy, recursively."""
+    if isinstance(value, np.ndarray) or np.isscalar(value):
+        return value
+    if isinstance(value, dict):
+        return {k: to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_numpy(v) for v in value)
+    for attr in ("numpy", "asnumpy"):  # torch / tf, mxnet
+        fn = getattr(value, attr, None)
+        if callable(fn):
+            if hasattr(value, "detach"):
+                value = value.detach()
+            return fn()
+    return np.asarray(value)
+
+
+class Adaptor(ABC):
+    """A framework plugin. Register the subclass under the ``ilit.adaptors`` entry-point group.
+
+    One adaptor instance serves one ``Tuner.tune`` call, so it may cache calibration statistics
+    across ``quantize`` calls (see :func:`ilit.tune_cfg.calibration_key`).
+    """
+
+    #: the name users write as ``framework.name``; set it to the entry-point name.
+    name: str = ""
+    #: top-level module names of the models this adaptor takes, used to detect the framework.
+    model_modules: Sequence[str] = ()
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    # ---------------------------------------------------------------- required
+    @abstractmethod
+    def query_fw_capability(self, model: Any) -> Dict[str, Any]:
+        """The model's quantizable ops and what each supports (the structure in :mod:`ilit.space`)."""
+
+    @abstractmethod
+    def quantize(self, tune_cfg: TuneCfg, model: Any, dataloader: Iterable[Any],
+                 q_func: Optional[Callable[[Any], Any]] = None) -> Any:
+        """Return a new quantized model for ``tune_cfg``; never modify ``model``."""
+
+    @abstractmethod
+    def infer(self, model: Any, inputs: Any) -> Any:
+        """Run one forward pass on one batch of inputs and return the outputs, as the framework gives them."""
+
+    @abstractmethod
+    def save(self, model: Any, path: str) -> None:
+        """Write ``model`` into the directory ``path`` (created if missing), in a form :meth:`load` reads."""
+
+    # ---------------------------------------------------------------- optional, with defaults
+    def load(self, path: str) -> Any:
+        """Read a model written by :meth:`save`."""
+        raise NotImplementedError(f"the {self.name or type(self).__name__} adaptor cannot load saved models")
+
+    def evaluate(self, model: Any, dataloader: Iterable[Any], metric: Metric) -> float:
+        """Run ``model`` over ``(inputs, labels)`` batches, feed ``metric`` numpy arrays, return its result."""
+        metric.reset()
+        for inputs, labels in dataloader:
+            metric.update(to_numpy(self.infer(model, inputs)), to_numpy(labels))
+        return float(metric.result())
+
+    def inspect_tensor(self, model: Any, dataloader: Iterable[Any], op_list: Sequence[str],
+                       iteration_list: Sequence[int]) -> Dict[str, List[np.ndarray]]:
+        """The outputs of the ops in ``op_list`` for the batches (0-based) in ``iteration_list``.
+
+        Needed by the ``mse`` strategy; adaptors that cannot do it leave this unimplemented.
+        """
+        raise NotImplementedError(f"the {self.name or type(self).__name__} adaptor does not implement inspect_tensor")
+
+    @classmethod
+    def supports_inspect_tensor(cls) -> bool:
+        return cls.inspect_tensor is not Adaptor.inspect_tensor
+
+    def fingerprint(self, model: Any) -> str:
+        """A hash identifying the model, so a history from another model is refused on resume.
+
+        The default hashes what :meth:`save` writes; override it with something cheaper if you can.
+        """
+        h = hashlib.sha256()
+        with tempfile.TemporaryDirectory(prefix="ilit-fp-") as tmp:
+            target = os.path.join(tmp, "model")
+            self.save(model, target)
+            for root, _dirs, files in sorted(os.walk(target)):
+                for fn in sorted(files):
+                    h.update(fn.encode())
+                    with open(os.path.join(root, fn), "rb") as f:
+                        for chunk in iter(lambda: f.read(1 << 20), b""):
+                            h.update(chunk)
+        return h.hexdigest()
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        """Whether this adaptor recognises ``model`` (used when ``framework.name`` is not set)."""
+        mods = {c.__module__.split(".")[0] for c in type(model).__mro__}
+        return bool(mods & set(cls.model_modules))
+
+    def describe_capability(self, capability: Mapping[str, Any]) -> str:
+        """A one-line summary for logs."""
+        return f"{len(capability.get('op_wise', {}))} quantizable ops"

@@ -1,0 +1,371 @@
+"""The YAML config, validated into typed, frozen objects with defaults.
+
+Every list-valued option may be written as a single value or a list; ``None`` means "whatever the
+adaptor supports". Unknown keys are errors (:class:`ilit.ConfigError`), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "FrameworkConfig",
+    "CalibrationConfig",
+    "TensorQuantConfig",
+    "QuantizationConfig",
+    "AccuracyCriterion",
+    "TuningConfig",
+    "load_config",
+    "APPROACHES",
+    "ALGORITHMS",
+    "SCHEMES",
+    "GRANULARITIES",
+    "DTYPES",
+    "OBJECTIVES_BUILTIN",
+]
+
+APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
+ALGORITHMS = ("minmax", "kl", "percentile")
+SCHEMES = ("sym", "asym")
+GRANULARITIES = ("per_channel", "per_tensor")
+DTYPES = ("int8", "uint8", "fp32")
+OBJECTIVES_BUILTIN = ("performance", "footprint", "modelsize")
+DEVICES = ("cpu",)
+
+#: The fields of a tensor's quantization choice, in the order tuning varies them.
+TENSOR_FIELDS = ("dtype", "scheme", "granularity", "algorithm")
+_ALLOWED = {"dtype": DTYPES, "scheme": SCHEMES, "granularity": GRANULARITIES, "algorithm": ALGORITHMS}
+
+Choices = Optional[Tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class FrameworkConfig:
+    """Which adaptor to use (``None``: detect it from the model) and graph inputs/outputs."""
+
+    name: Optional[str] = None
+    inputs: Optional[Tuple[str, ...]] = None
+    outputs: Optional[Tuple[str, ...]] = None
+
+
+@dataclass(frozen=True)
+class TensorQuantConfig:
+    """Allowed choices for a weight or activation tensor; ``None`` = all the adaptor supports."""
+
+    dtype: Choices = None
+    scheme: Choices = None
+    granularity: Choices = None
+    algorithm: Choices = None
+
+    def get(self, name: str) -> Choices:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How many calibration batches to try, and the calibration algorithms allowed."""
+
+    iterations: Tuple[int, ...] = (10,)
+    weight_algorithm: Choices = None
+    activation_algorithm: Choices = None
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """The approach and the global (model-wise) quantization choices."""
+
+    approach: str = "post_training_static_quant"
+    weight: TensorQuantConfig = field(default_factory=TensorQuantConfig)
+    activation: TensorQuantConfig = field(default_factory=TensorQuantConfig)
+
+
+@dataclass(frozen=True)
+class AccuracyCriterion:
+    """Allowed accuracy loss against the FP32 baseline: relative (fraction) or absolute."""
+
+    relative: Optional[float] = 0.01
+    absolute: Optional[float] = None
+
+    def threshold(self, baseline: float, higher_is_better: bool = True) -> float:
+        """The worst accuracy that still meets the criterion for this baseline."""
+        if self.relative is not None:
+            delta = abs(baseline) * self.relative
+        else:
+            delta = float(self.absolute)  # type: ignore[arg-type]
+        return baseline - delta if higher_is_better else baseline + delta
+
+    def met(self, accuracy: float, baseline: float, higher_is_better: bool = True) -> bool:
+        """Whether ``accuracy`` is within the allowed loss of ``baseline``."""
+        limit = self.threshold(baseline, higher_is_better)
+        # a hair of tolerance so that "exactly at the limit" is not lost to float rounding
+        tol = 1e-12 * max(1.0, abs(limit))
+        return accuracy >= limit - tol if higher_is_better else accuracy <= limit + tol
+
+    def describe(self) -> str:
+        if self.relative is not None:
+            return f"relative loss <= {self.relative:g}"
+        return f"absolute loss <= {self.absolute:g}"
+
+
+@dataclass(frozen=True)
+class OpOverride:
+    """Per-op narrowing from ``tuning.ops``; ``fallback`` forces the op to fp32."""
+
+    weight: TensorQuantConfig = field(default_factory=TensorQuantConfig)
+    activation: TensorQuantConfig = field(default_factory=TensorQuantConfig)
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """The search: strategy, metric, criterion, objective and its stop rules."""
+
+    strategy: str = "basic"
+    metric: Optional[Tuple[str, Any]] = None
+    accuracy_criterion: AccuracyCriterion = field(default_factory=AccuracyCriterion)
+    objective: str = "performance"
+    timeout: float = 0.0
+    max_trials: int = 100
+    random_seed: int = 1978
+    ops: Mapping[str, OpOverride] = field(default_factory=dict)
+    workspace_path: str = "./ilit_workspace"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated ilit config. Build one with :func:`load_config`."""
+
+    framework: FrameworkConfig = field(default_factory=FrameworkConfig)
+    device: str = "cpu"
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def search_fingerprint(self) -> str:
+        """A hash of everything that shapes the search; stop rules and paths are left out.
+
+        Resuming with a longer ``timeout`` or more ``max_trials`` is allowed; anything else differing
+        makes a history unusable.
+        """
+        d = asdict(self)
+        d.pop("raw", None)
+        for k in ("timeout", "max_trials", "workspace_path"):
+            d["tuning"].pop(k, None)
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- validation helpers
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_keys(d: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
+    for key in d:
+        if key not in allowed:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown key; allowed keys here are: {', '.join(allowed)}")
+
+
+def _choices(value: Any, path: str, allowed: Sequence[str]) -> Choices:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(path, f"expected one of {list(allowed)} or a non-empty list of them, got {value!r}")
+    out = []
+    for item in items:
+        if item not in allowed:
+            raise ConfigError(path, f"{item!r} is not valid; expected one of {list(allowed)}")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+def _names(value: Any, path: str) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ConfigError(path, f"expected a name or a list of names, got {value!r}")
+    return tuple(items)
+
+
+def _number(value: Any, path: str, *, minimum: float = 0.0, integer: bool = False) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(path, f"expected {kind} >= {minimum:g}, got {value!r}")
+    return value
+
+
+def _iterations(value: Any, path: str) -> Tuple[int, ...]:
+    if isinstance(value, str):  # the seed's "10, 50" form
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(path, f"expected batch counts like [10, 50], got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(path, f"expected a positive batch count or a list of them, got {value!r}")
+    return tuple(_number(v, path, minimum=1, integer=True) for v in value)
+
+
+def _tensor(d: Any, path: str) -> TensorQuantConfig:
+    d = _mapping(d, path)
+    _check_keys(d, path, TENSOR_FIELDS)
+    return TensorQuantConfig(**{k: _choices(d.get(k), f"{path}.{k}", _ALLOWED[k]) for k in TENSOR_FIELDS})
+
+
+def _metric(value: Any, path: str) -> Optional[Tuple[str, Any]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value.lower(), None)
+    if isinstance(value, Mapping) and len(value) == 1:
+        (name, args), = value.items()
+        if isinstance(name, str):
+            return (name.lower(), args)
+    raise ConfigError(path, f"expected a metric name or a one-key mapping like {{topk: 1}}, got {value!r}")
+
+
+def _criterion(value: Any, path: str) -> AccuracyCriterion:
+    d = _mapping(value, path)
+    if not d:
+        return AccuracyCriterion()
+    _check_keys(d, path, ("relative", "absolute"))
+    given = [k for k in ("relative", "absolute") if d.get(k) is not None]
+    if len(given) != 1:
+        raise ConfigError(path, "give exactly one of 'relative' or 'absolute'")
+    key = given[0]
+    num = _number(d[key], f"{path}.{key}")
+    if key == "relative":
+        if num >= 1:
+            raise ConfigError(f"{path}.relative", f"a fraction below 1 is expected (0.01 = 1%), got {num!r}")
+        return AccuracyCriterion(relative=float(num))
+    return AccuracyCriterion(relative=None, absolute=float(num))
+
+
+def _op_override(value: Any, path: str) -> OpOverride:
+    d = _mapping(value, path)
+    _check_keys(d, path, ("weight", "activation"))
+    weight = _tensor(d.get("weight"), f"{path}.weight")
+    act = _tensor(d.get("activation"), f"{path}.activation")
+    fb = [t.dtype for t in (weight, act) if t.dtype and "fp32" in t.dtype]
+    if fb and any(t.dtype != ("fp32",) for t in fb):
+        raise ConfigError(f"{path}", "dtype fp32 forces a fallback: write it alone (dtype: fp32), not in a list")
+    return OpOverride(weight=weight, activation=act, fallback=bool(fb))
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate an already-loaded YAML mapping into a :class:`Config`."""
+    data = _mapping(data, "")
+    _check_keys(data, "", ("framework", "device", "calibration", "quantization", "tuning"))
+
+    fw = _mapping(data.get("framework"), "framework")
+    _check_keys(fw, "framework", ("name", "inputs", "outputs"))
+    name = fw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError("framework.name", f"expected an adaptor name such as 'pytorch', got {name!r}")
+    framework = FrameworkConfig(
+        name=name.lower() if name else None,
+        inputs=_names(fw.get("inputs"), "framework.inputs"),
+        outputs=_names(fw.get("outputs"), "framework.outputs"),
+    )
+
+    device = data.get("device", "cpu")
+    if device not in DEVICES:
+        raise ConfigError("device", f"only {list(DEVICES)} is supported, got {device!r}")
+
+    cal = _mapping(data.get("calibration"), "calibration")
+    _check_keys(cal, "calibration", ("iterations", "algorithm"))
+    algo = _mapping(cal.get("algorithm"), "calibration.algorithm")
+    _check_keys(algo, "calibration.algorithm", ("weight", "activation"))
+    calibration = CalibrationConfig(
+        iterations=_iterations(cal.get("iterations", [10]), "calibration.iterations"),
+        weight_algorithm=_choices(algo.get("weight"), "calibration.algorithm.weight", ALGORITHMS),
+        activation_algorithm=_choices(algo.get("activation"), "calibration.algorithm.activation", ALGORITHMS),
+    )
+
+    q = _mapping(data.get("quantization"), "quantization")
+    _check_keys(q, "quantization", ("approach", "weight", "activation"))
+    approach = q.get("approach", "post_training_static_quant")
+    if approach not in APPROACHES:
+        raise ConfigError("quantization.approach", f"{approach!r} is not valid; expected one of {list(APPROACHES)}")
+    weight = _tensor(q.get("weight"), "quantization.weight")
+    act = _tensor(q.get("activation"), "quantization.activation")
+    for tensor, cal_algo, where in ((weight, calibration.weight_algorithm, "weight"),
+                                    (act, calibration.activation_algorithm, "activation")):
+        if tensor.algorithm and cal_algo and tensor.algorithm != cal_algo:
+            raise ConfigError(f"quantization.{where}.algorithm",
+                              f"conflicts with calibration.algorithm.{where}; set it in one place only")
+    weight = TensorQuantConfig(weight.dtype, weight.scheme, weight.granularity,
+                               weight.algorithm or calibration.weight_algorithm)
+    act = TensorQuantConfig(act.dtype, act.scheme, act.granularity, act.algorithm or calibration.activation_algorithm)
+    quantization = QuantizationConfig(approach=approach, weight=weight, activation=act)
+
+    t = _mapping(data.get("tuning"), "tuning")
+    _check_keys(t, "tuning", ("strategy", "metric", "accuracy_criterion", "objective", "timeout",
+                              "max_trials", "random_seed", "ops", "workspace"))
+    strategy = t.get("strategy", "basic")
+    if isinstance(strategy, Mapping) and set(strategy) == {"name"}:
+        strategy = strategy["name"]
+    if not isinstance(strategy, str):
+        raise ConfigError("tuning.strategy", f"expected a strategy name such as 'basic', got {strategy!r}")
+    objective = t.get("objective", "performance")
+    if not isinstance(objective, str):
+        raise ConfigError("tuning.objective", f"expected one of {list(OBJECTIVES_BUILTIN)} or a plugin name, got {objective!r}")
+    ws = _mapping(t.get("workspace"), "tuning.workspace")
+    _check_keys(ws, "tuning.workspace", ("path",))
+    ws_path = ws.get("path", "./ilit_workspace")
+    if not isinstance(ws_path, str):
+        raise ConfigError("tuning.workspace.path", f"expected a directory path, got {ws_path!r}")
+    ops_raw = _mapping(t.get("ops"), "tuning.ops")
+    seed = t.get("random_seed", 1978)
+    tuning = TuningConfig(
+        strategy=strategy.lower(),
+        metric=_metric(t.get("metric"), "tuning.metric"),
+        accuracy_criterion=_criterion(t.get("accuracy_criterion"), "tuning.accuracy_criterion"),
+        objective=objective.lower(),
+        timeout=float(_number(t.get("timeout", 0), "tuning.timeout")),
+        max_trials=int(_number(t.get("max_trials", 100), "tuning.max_trials", minimum=1, integer=True)),
+        random_seed=int(_number(seed, "tuning.random_seed", integer=True)),
+        ops={str(k): _op_override(v, f"tuning.ops.{k}") for k, v in ops_raw.items()},
+        workspace_path=ws_path,
+    )
+    return Config(framework=framework, device=device, calibration=calibration,
+                  quantization=quantization, tuning=tuning, raw=dict(data))
+
+
+def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config]) -> Config:
+    """Load and validate a config from a YAML path, an already-loaded mapping, or a Config."""
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, Mapping):
+        return parse_config(source)
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise ConfigError("", f"config file {path!r} does not exist; pass a YAML path or a dict")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return parse_config(data or {})

@@ -1,0 +1,28 @@
+"""Exceptions ilit raises, each telling the user what was wrong and what to do."""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "PluginNotFoundError", "PluginLoadError", "ResumeError"]
+
+
+class ConfigError(ValueError):
+    """A YAML config (or its intersection with what the framework can do) is invalid.
+
+    The message starts with the dotted key path, e.g. ``tuning.accuracy_criterion: ...``.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class PluginNotFoundError(LookupError):
+    """No plugin of that name is installed in an ``ilit.*`` entry-point group."""
+
+
+class PluginLoadError(ImportError):
+    """A plugin is installed but failed to import; the original error is chained."""
+
+
+class ResumeError(ValueError):
+    """A ``resume_file`` cannot be used with this config or model."""

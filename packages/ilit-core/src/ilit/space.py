@@ -1,0 +1,222 @@
+"""The tuning space: the adaptor's capability intersected with the YAML's choices.
+
+The adaptor's ``query_fw_capability(model)`` returns (the documented capability structure)::
+
+    {
+      "approaches": ["post_training_static_quant", ...],       # optional; default: static only
+      "op_wise": {                                             # ops in the order they run
+        ("features.0", "Conv2d"): {
+          "weight":     {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
+                         "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]},
+          "activation": {"dtype": ["uint8", "fp32"], "scheme": ["asym", "sym"],
+                         "granularity": ["per_tensor"], "algorithm": ["minmax", "kl", "percentile"]},
+        },
+        ...
+      },
+      "model_wise": {"weight": {...}, "activation": {...}},   # optional; default: union of op_wise
+    }
+
+``fp32`` in an op's dtype list means the op can fall back. A choice mixing a quantized dtype with
+fp32 across weight and activation is dropped, as upstream iLiT did.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .config import TENSOR_FIELDS, Config, TensorQuantConfig
+from .errors import ConfigError
+from .tune_cfg import TuneCfg
+
+__all__ = ["TuningSpace", "OpKey"]
+
+OpKey = Tuple[str, str]
+FP32 = {"dtype": "fp32"}
+
+
+def _intersect(supported: Sequence[str], wanted: Optional[Sequence[str]]) -> List[str]:
+    """Keep the adaptor's values the YAML allows, in the YAML's order of preference."""
+    if wanted is None:
+        return list(supported)
+    return [w for w in wanted if w in supported]
+
+
+def _tensor_choices(cap: Mapping[str, Sequence[str]], *wanted: TensorQuantConfig,
+                    path: str = "", strict: bool = False) -> Dict[str, List[str]]:
+    """The quantized choices per field, narrowed by each ``wanted`` in turn."""
+    out: Dict[str, List[str]] = {}
+    for fld in TENSOR_FIELDS:
+        vals = list(cap.get(fld, []))
+        if fld == "dtype":
+            vals = [v for v in vals if v != "fp32"]
+        for w in wanted:
+            want = w.get(fld)
+            if fld == "dtype" and want is not None:
+                want = tuple(v for v in want if v != "fp32") or None
+            narrowed = _intersect(vals, want)
+            if strict and want is not None and vals and not narrowed:
+                raise ConfigError(f"{path}.{fld}", f"none of {list(want)} is supported here; the framework supports {vals}")
+            vals = narrowed
+        out[fld] = vals
+    return out
+
+
+def _combos(choices: Mapping[str, Sequence[str]]) -> List[Dict[str, str]]:
+    if not all(choices.get(f) for f in TENSOR_FIELDS):
+        return []
+    return [dict(zip(TENSOR_FIELDS, c)) for c in itertools.product(*(choices[f] for f in TENSOR_FIELDS))]
+
+
+@dataclass
+class TuningSpace:
+    """Every op's choices plus the global (model-wise) choices, built from capability and config."""
+
+    approach: str
+    iterations: Tuple[int, ...]
+    op_types: Dict[str, str]
+    op_choices: Dict[str, List[Dict[str, Any]]]  # quantized choices first, then the fp32 one if allowed
+    global_choices: List[Dict[str, Dict[str, str]]]
+    forced_fallback: Tuple[str, ...] = ()
+    _op_tensor: Dict[str, Dict[str, Dict[str, List[str]]]] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, capability: Mapping[str, Any], config: Config) -> "TuningSpace":
+        """Intersect ``capability`` with ``config``; raise ConfigError when nothing is left."""
+        approaches = list(capability.get("approaches", ["post_training_static_quant"]))
+        approach = config.quantization.approach
+        if approach not in approaches:
+            raise ConfigError("quantization.approach", f"{approach!r} is not supported by this adaptor; it supports {approaches}")
+        op_wise = capability.get("op_wise")
+        if not op_wise:
+            raise ConfigError("", "the adaptor found no quantizable op in this model; nothing to tune")
+        op_types: Dict[str, str] = {}
+        for key in op_wise:
+            name, op_type = key
+            op_types[name] = op_type
+
+        overrides = config.tuning.ops
+        unknown = [n for n in overrides if n not in op_types]
+        if unknown:
+            shown = ", ".join(list(op_types)[:20]) + (" ..." if len(op_types) > 20 else "")
+            raise ConfigError(f"tuning.ops.{unknown[0]}", f"no such op in the model; its quantizable ops are: {shown}")
+
+        qw, qa = config.quantization.weight, config.quantization.activation
+        model_wise = capability.get("model_wise") or _union(op_wise.values())
+        g_weight = _tensor_choices(model_wise.get("weight", {}), qw, path="quantization.weight", strict=True)
+        g_act = _tensor_choices(model_wise.get("activation", {}), qa, path="quantization.activation", strict=True)
+        if not _combos(g_act):
+            raise ConfigError("quantization.activation", f"no quantized choice is left; the framework supports {dict(model_wise.get('activation', {}))}")
+        weight_combos = _combos(g_weight) or [None]
+        global_choices = [{"weight": w, "activation": a} if w else {"activation": a}
+                          for w in weight_combos for a in _combos(g_act)]
+
+        op_choices: Dict[str, List[Dict[str, Any]]] = {}
+        op_tensor: Dict[str, Dict[str, Dict[str, List[str]]]] = {}
+        forced: List[str] = []
+        for (name, _type), cap in op_wise.items():
+            ov = overrides.get(name)
+            has_weight = "weight" in cap
+            w_ch = _tensor_choices(cap.get("weight", {}), qw, *( [ov.weight] if ov else []),
+                                   path=f"tuning.ops.{name}.weight", strict=bool(ov)) if has_weight else {}
+            a_ch = _tensor_choices(cap.get("activation", {}), qa, *([ov.activation] if ov else []),
+                                   path=f"tuning.ops.{name}.activation", strict=bool(ov))
+            op_tensor[name] = {"weight": w_ch, "activation": a_ch}
+            can_fp32 = "fp32" in cap.get("activation", {}).get("dtype", []) and (
+                not has_weight or "fp32" in cap["weight"].get("dtype", []))
+            choices: List[Dict[str, Any]] = []
+            if not (ov and ov.fallback):
+                for a in _combos(a_ch):
+                    if has_weight:
+                        choices += [{"weight": w, "activation": a} for w in _combos(w_ch)]
+                    else:
+                        choices.append({"activation": a})
+            if ov and ov.fallback:
+                if not can_fp32:
+                    raise ConfigError(f"tuning.ops.{name}", "this op cannot run in fp32 with this adaptor")
+                forced.append(name)
+            if can_fp32 or not choices:
+                choices.append(_fp32(has_weight))
+            op_choices[name] = choices
+        return cls(approach=approach, iterations=tuple(config.calibration.iterations), op_types=op_types,
+                   op_choices=op_choices, global_choices=global_choices, forced_fallback=tuple(forced),
+                   _op_tensor=op_tensor)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def ops(self) -> List[str]:
+        """Op names in model order."""
+        return list(self.op_types)
+
+    def can_fallback(self, op: str) -> bool:
+        return any(c["activation"]["dtype"] == "fp32" for c in self.op_choices[op])
+
+    def fallback_candidates(self, tune_cfg: TuneCfg) -> List[str]:
+        """Ops quantized in ``tune_cfg`` that could fall back to fp32, in model order."""
+        from .tune_cfg import is_quantized
+
+        return [n for n, op in tune_cfg["ops"].items() if is_quantized(op) and self.can_fallback(n)]
+
+    # ------------------------------------------------------------------ config makers
+    def _apply_global(self, name: str, choice: Mapping[str, Mapping[str, str]]) -> Dict[str, Any]:
+        quantized = [c for c in self.op_choices[name] if c["activation"]["dtype"] != "fp32"]
+        if name in self.forced_fallback or not quantized:
+            return dict(self.op_choices[name][-1])
+        out: Dict[str, Any] = {}
+        for part in ("weight", "activation"):
+            if part not in quantized[0]:
+                continue
+            allowed = self._op_tensor[name][part]
+            want = choice.get(part, {})
+            out[part] = {f: (want[f] if want.get(f) in allowed[f] else allowed[f][0]) for f in TENSOR_FIELDS}
+        return out
+
+    def make_config(self, choice: Mapping[str, Mapping[str, str]], iterations: int,
+                    fallback: Iterable[str] = (), op_cfgs: Optional[Mapping[str, Mapping[str, Any]]] = None) -> TuneCfg:
+        """A full tune_cfg: ``choice`` applied to every op, then ``op_cfgs`` and ``fallback`` on top."""
+        fb = set(fallback)
+        ops: Dict[str, Any] = {}
+        for name, op_type in self.op_types.items():
+            if name in fb and self.can_fallback(name):
+                body = self.op_choices[name][-1]
+            elif op_cfgs and name in op_cfgs:
+                body = op_cfgs[name]
+            else:
+                body = self._apply_global(name, choice)
+            ops[name] = {"op_type": op_type, **{k: dict(v) for k, v in body.items()}}
+        return {"approach": self.approach, "calibration": {"iterations": int(iterations)}, "ops": ops}
+
+    def model_wise_configs(self) -> List[TuneCfg]:
+        """Every global combination for every calibration batch count, most-preferred first."""
+        out = []
+        for it in self.iterations:
+            for choice in self.global_choices:
+                cfg = self.make_config(choice, it)
+                if cfg not in out:
+                    out.append(cfg)
+        return out
+
+    def with_fallback(self, tune_cfg: TuneCfg, ops: Iterable[str]) -> TuneCfg:
+        """A copy of ``tune_cfg`` with ``ops`` kept in fp32."""
+        new = {"approach": tune_cfg["approach"], "calibration": dict(tune_cfg["calibration"]),
+               "ops": {n: dict(v) for n, v in tune_cfg["ops"].items()}}
+        for name in ops:
+            if self.can_fallback(name):
+                new["ops"][name] = {"op_type": self.op_types[name], **self.op_choices[name][-1]}
+        return new
+
+
+def _fp32(has_weight: bool) -> Dict[str, Any]:
+    return {"weight": dict(FP32), "activation": dict(FP32)} if has_weight else {"activation": dict(FP32)}
+
+
+def _union(caps: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, List[str]]]:
+    out: Dict[str, Dict[str, List[str]]] = {"weight": {}, "activation": {}}
+    for cap in caps:
+        for part in ("weight", "activation"):
+            for fld, vals in cap.get(part, {}).items():
+                dst = out[part].setdefault(fld, [])
+                dst.extend(v for v in vals if v not in dst)
+    return out

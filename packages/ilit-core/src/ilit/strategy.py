@@ -1,0 +1,82 @@
+"""The ``Strategy`` protocol: what proposes tune_cfgs and learns from their results (extension API)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Tuple
+
+from .config import Config
+from .space import TuningSpace
+from .tune_cfg import TuneCfg
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .adaptor import Adaptor
+
+__all__ = ["Strategy", "TrialResult", "StrategyContext"]
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What the tuner learned about one config."""
+
+    accuracy: float
+    objective: float
+    meets: bool  # the accuracy criterion holds against the baseline
+
+
+@dataclass
+class StrategyContext:
+    """What a strategy may use besides the space: the baseline and access to the adaptor."""
+
+    baseline: float
+    higher_is_better: bool
+    adaptor: "Adaptor"
+    model: Any
+    calib_dataloader: Iterable[Any]
+    quantize: Callable[[TuneCfg], Any]  # the tuner's quantize, sharing its calibration cache
+    seed: int
+
+
+class Strategy(ABC):
+    """Register subclasses under the ``ilit.strategies`` entry-point group.
+
+    The tuner iterates :meth:`configs`; after each yielded config it calls :meth:`observe` with the
+    result before asking for the next one. A config the tuner has already evaluated (earlier in the
+    run, or in a resumed history) is observed from its record without being run again, so a
+    deterministic strategy resumes exactly by replay. Returning from the generator ends the search.
+    """
+
+    #: set to True if the strategy calls ``context.adaptor.inspect_tensor``; checked before tuning starts.
+    requires_inspect_tensor: bool = False
+
+    def __init__(self, space: TuningSpace, config: Config, context: StrategyContext) -> None:
+        self.space = space
+        self.config = config
+        self.context = context
+        self.results: List[Tuple[TuneCfg, TrialResult]] = []
+
+    @abstractmethod
+    def configs(self) -> Iterator[TuneCfg]:
+        """Yield tune_cfgs to try, reading ``self.results`` for what was learned so far."""
+
+    def observe(self, tune_cfg: TuneCfg, result: TrialResult) -> None:
+        """Record a result; override to update a model of the search space."""
+        self.results.append((tune_cfg, result))
+
+    @property
+    def last(self) -> Optional[TrialResult]:
+        return self.results[-1][1] if self.results else None
+
+    def better_accuracy(self, a: float, b: float) -> bool:
+        """Whether accuracy ``a`` beats ``b`` for this metric's direction."""
+        return a > b if self.context.higher_is_better else a < b
+
+    @classmethod
+    def check(cls, adaptor: "Adaptor") -> None:
+        """Raise ConfigError before tuning if this strategy cannot work with ``adaptor``."""
+        from .errors import ConfigError
+
+        if cls.requires_inspect_tensor and not adaptor.supports_inspect_tensor():
+            raise ConfigError("tuning.strategy", f"this strategy needs inspect_tensor, which the "
+                              f"{adaptor.name or type(adaptor).__name__} adaptor does not implement; use 'basic' or 'bayesian'")

@@ -1,0 +1,7 @@
+"""A numpy toy framework for testing ilit-core: MLP models whose dense ops are really integer-quantized."""
+
+from .adaptor import ToyAdaptor
+from .metric import ToyAccuracy
+from .model import Dense, ToyModel, make_dataset, make_model
+
+__all__ = ["ToyAdaptor", "ToyAccuracy", "Dense", "ToyModel", "make_dataset", "make_model"]

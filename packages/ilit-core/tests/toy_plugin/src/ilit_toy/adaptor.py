@@ -1,0 +1,144 @@
+"""The toy adaptor: real integer quantization of numpy dense layers, with a counted calibration cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ilit import Adaptor, calibration_key
+from ilit.tune_cfg import is_quantized
+
+from .model import Dense, ToyModel
+
+ALGOS = ["minmax", "kl", "percentile"]
+
+
+def _range(values: np.ndarray, algo: str) -> Tuple[float, float]:
+    if algo == "minmax":
+        return float(values.min()), float(values.max())
+    if algo == "percentile":
+        return float(np.percentile(values, 0.01)), float(np.percentile(values, 99.99))
+    # "kl": the toy stands in a tighter clip, enough to make the algorithms differ
+    return float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))
+
+
+class ToyAdaptor(Adaptor):
+    name = "toy"
+    model_modules = ("ilit_toy",)
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.calibration_batches = 0   # batches run for calibration, counted for tests
+        self.quantize_calls = 0
+        self._stats: Dict[Any, Dict[str, Tuple[float, float]]] = {}
+
+    def query_fw_capability(self, model: ToyModel) -> Dict[str, Any]:
+        caps = {}
+        for layer in model.layers:
+            caps[(layer.name, "Dense")] = {
+                "weight": {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
+                           "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]},
+                "activation": {"dtype": ["uint8", "int8", "fp32"], "scheme": ["asym", "sym"],
+                               "granularity": ["per_tensor"], "algorithm": list(ALGOS)},
+            }
+        return {"approaches": ["post_training_static_quant", "post_training_dynamic_quant"], "op_wise": caps}
+
+    def _calibrate(self, tune_cfg, model: ToyModel, dataloader) -> Dict[str, Tuple[float, float]]:
+        key = calibration_key(tune_cfg)
+        if key not in self._stats:
+            inputs: Dict[str, List[np.ndarray]] = {l.name: [] for l in model.layers}
+            for i, (x, _y) in enumerate(dataloader):
+                if i >= tune_cfg["calibration"]["iterations"]:
+                    break
+                self.calibration_batches += 1
+                for layer in model.layers:
+                    inputs[layer.name].append(x)
+                    x = layer.forward(x)
+            stats = {}
+            for name, xs in inputs.items():
+                algo = tune_cfg["ops"][name].get("activation", {}).get("algorithm", "minmax")
+                stats[name] = _range(np.concatenate(xs), algo)
+            self._stats[key] = stats
+        return self._stats[key]
+
+    def quantize(self, tune_cfg, model: ToyModel, dataloader, q_func=None) -> ToyModel:
+        self.quantize_calls += 1
+        q = copy.deepcopy(model)
+        dynamic = tune_cfg["approach"] == "post_training_dynamic_quant"
+        stats = {} if dynamic else self._calibrate(tune_cfg, model, dataloader)
+        for layer in q.layers:
+            op = tune_cfg["ops"][layer.name]
+            if not is_quantized(op):
+                continue
+            w, a = op["weight"], op["activation"]
+            axis = 0 if w["granularity"] == "per_channel" else None
+            bits = 4 if layer.fragile else 8
+            qmax = 2 ** (bits - 1) - 1
+            if w["scheme"] == "sym":
+                scale = np.maximum(np.abs(layer.W).max(axis=axis, keepdims=axis is not None), 1e-8) / qmax
+                zp = np.zeros_like(scale, dtype=np.int64)
+            else:
+                lo = np.minimum(layer.W.min(axis=axis, keepdims=axis is not None), 0)
+                hi = np.maximum(layer.W.max(axis=axis, keepdims=axis is not None), 0)
+                scale = np.maximum(hi - lo, 1e-8) / (2 * qmax + 1)
+                zp = np.round(-qmax - 1 - lo / scale).astype(np.int64)
+            layer.wq = np.clip(np.round(layer.W / scale) + zp, -qmax - 1, qmax).astype(np.int8)
+            layer.w_scale = np.asarray(scale, dtype=np.float64)
+            layer.w_zp = zp
+            lo_a, hi_a = stats.get(layer.name, (-4.0, 4.0))
+            if a["scheme"] == "sym" or a["dtype"] == "int8":
+                layer.a_scale = max(abs(lo_a), abs(hi_a), 1e-8) / 127
+                layer.a_zp = 0 if a["dtype"] == "int8" else 128
+            else:
+                lo_a, hi_a = min(lo_a, 0.0), max(hi_a, 0.0)
+                layer.a_scale = max(hi_a - lo_a, 1e-8) / 255
+                layer.a_zp = int(round(-lo_a / layer.a_scale))
+            layer.qcfg = op
+        return q
+
+    def infer(self, model: ToyModel, inputs: np.ndarray) -> np.ndarray:
+        return model(inputs)
+
+    def inspect_tensor(self, model: ToyModel, dataloader, op_list, iteration_list) -> Dict[str, List[np.ndarray]]:
+        out: Dict[str, List[np.ndarray]] = {name: [] for name in op_list}
+        for i, (x, _y) in enumerate(dataloader):
+            if i in iteration_list:
+                outs = model.outputs(x)
+                for name in op_list:
+                    out[name].append(outs[name])
+        return out
+
+    def save(self, model: ToyModel, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        arrays, meta = {}, []
+        for i, layer in enumerate(model.layers):
+            if layer.quantized:
+                arrays[f"{i}_wq"], arrays[f"{i}_ws"], arrays[f"{i}_wz"] = layer.wq, layer.w_scale, layer.w_zp
+            else:
+                arrays[f"{i}_W"] = layer.W
+            arrays[f"{i}_b"] = layer.b
+            meta.append({"name": layer.name, "relu": layer.relu, "fragile": layer.fragile, "qcfg": layer.qcfg,
+                         "a_scale": layer.a_scale, "a_zp": layer.a_zp})
+        np.savez(os.path.join(path, "weights.npz"), **arrays)
+        with open(os.path.join(path, "model.json"), "w") as f:
+            json.dump(meta, f)
+
+    def load(self, path: str) -> ToyModel:
+        with open(os.path.join(path, "model.json")) as f:
+            meta = json.load(f)
+        arrays = np.load(os.path.join(path, "weights.npz"), allow_pickle=False)
+        layers = []
+        for i, m in enumerate(meta):
+            if m["qcfg"]:
+                wq, ws, wz = arrays[f"{i}_wq"], arrays[f"{i}_ws"], arrays[f"{i}_wz"]
+                W = ((wq.astype(np.float64) - wz) * ws).astype(np.float32)
+                layer = Dense(m["name"], W, arrays[f"{i}_b"], m["relu"], m["fragile"], m["qcfg"], wq, ws, wz,
+                              m["a_scale"], m["a_zp"])
+            else:
+                layer = Dense(m["name"], arrays[f"{i}_W"], arrays[f"{i}_b"], m["relu"], m["fragile"])
+            layers.append(layer)
+        return ToyModel(layers)

@@ -1,0 +1,79 @@
+"""The toy framework: a chain of dense layers on numpy, with an integer-arithmetic quantized form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+
+@dataclass
+class Dense:
+    """y = x @ W + b, optionally ReLU. ``fragile`` layers lose precision badly when quantized
+    (they quantize to 4 bits), standing in for the ops real models cannot quantize well."""
+
+    name: str
+    W: np.ndarray
+    b: np.ndarray
+    relu: bool = True
+    fragile: bool = False
+    # quantization state; None = fp32
+    qcfg: Optional[Dict[str, Any]] = None
+    wq: Optional[np.ndarray] = None
+    w_scale: Optional[np.ndarray] = None
+    w_zp: Optional[np.ndarray] = None
+    a_scale: float = 1.0
+    a_zp: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.qcfg is not None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if self.qcfg is None:
+            y = x @ self.W + self.b
+        else:
+            act = self.qcfg["activation"]
+            lo, hi = (0, 255) if act["dtype"] == "uint8" else (-128, 127)
+            xq = np.clip(np.round(x / self.a_scale) + self.a_zp, lo, hi).astype(np.int64)
+            acc = (xq - self.a_zp) @ (self.wq.astype(np.int64) - self.w_zp)  # integer matmul
+            y = acc * (self.a_scale * self.w_scale) + self.b
+        return np.maximum(y, 0) if self.relu else y
+
+
+@dataclass
+class ToyModel:
+    layers: List[Dense] = field(default_factory=list)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def outputs(self, x: np.ndarray) -> Dict[str, np.ndarray]:
+        out = {}
+        for layer in self.layers:
+            x = layer.forward(x)
+            out[layer.name] = x
+        return out
+
+
+def make_model(n_layers: int = 4, width: int = 16, n_classes: int = 4, fragile: Tuple[int, ...] = (),
+               seed: int = 0) -> ToyModel:
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(n_layers):
+        out = n_classes if i == n_layers - 1 else width
+        W = rng.normal(0, 1.0 / np.sqrt(width), (width, out)).astype(np.float32)
+        b = rng.normal(0, 0.05, out).astype(np.float32)
+        layers.append(Dense(f"dense{i}", W, b, relu=i < n_layers - 1, fragile=i in fragile))
+    return ToyModel(layers)
+
+
+def make_dataset(model: ToyModel, n: int = 256, batch: int = 32, seed: int = 1) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Batches whose labels are the FP32 model's own predictions, so the baseline accuracy is 1.0."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, model.layers[0].W.shape[0])).astype(np.float32)
+    y = model(x).argmax(1)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
