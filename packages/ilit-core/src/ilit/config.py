@@ -269,7 +269,7 @@ def _op_override(value: Any, path: str) -> OpOverride:
     weight = _tensor(d.get("weight"), f"{path}.weight")
     act = _tensor(d.get("activation"), f"{path}.activation")
     fb = [t.dtype for t in (weight, act) if t.dtype and "fp32" in t.dtype]
-    if fb and any(t.dtype != ("fp32",) for t in fb):
+    if any(dtypes != ("fp32",) for dtypes in fb):
         raise ConfigError(f"{path}", "dtype fp32 forces a fallback: write it alone (dtype: fp32), not in a list")
     return OpOverride(weight=weight, activation=act, fallback=bool(fb))
 

@@ -72,7 +72,7 @@ class History:
                 data = json.load(f)
         except FileNotFoundError:
             raise ResumeError(f"resume_file {path!r} does not exist; pass the history.json of an earlier run") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ResumeError(f"resume_file {path!r} is not a valid history.json ({exc}); "
                               "it must be the JSON file an earlier ilit run wrote in its workspace") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or "trials" not in data:

@@ -56,8 +56,10 @@ def _tensor_choices(cap: Mapping[str, Sequence[str]], *wanted: TensorQuantConfig
             if fld == "dtype" and want is not None:
                 want = tuple(v for v in want if v != "fp32") or None
             narrowed = _intersect(vals, want)
-            if strict and want is not None and vals and not narrowed:
-                raise ConfigError(f"{path}.{fld}", f"none of {list(want)} is supported here; the framework supports {vals}")
+            if want is not None and vals and not narrowed:
+                if strict:
+                    raise ConfigError(f"{path}.{fld}", f"none of {list(want)} is supported here; the framework supports {vals}")
+                continue  # an op that cannot honour a global choice keeps its own, rather than silently going fp32
             vals = narrowed
         out[fld] = vals
     return out
@@ -119,10 +121,12 @@ class TuningSpace:
         for (name, _type), cap in op_wise.items():
             ov = overrides.get(name)
             has_weight = "weight" in cap
-            w_ch = _tensor_choices(cap.get("weight", {}), qw, *( [ov.weight] if ov else []),
-                                   path=f"tuning.ops.{name}.weight", strict=bool(ov)) if has_weight else {}
-            a_ch = _tensor_choices(cap.get("activation", {}), qa, *([ov.activation] if ov else []),
-                                   path=f"tuning.ops.{name}.activation", strict=bool(ov))
+            w_ch = _tensor_choices(cap.get("weight", {}), qw) if has_weight else {}
+            a_ch = _tensor_choices(cap.get("activation", {}), qa)
+            if ov:  # explicit per-op narrowing is strict
+                w_ch = _tensor_choices(w_ch, ov.weight,
+                                       path=f"tuning.ops.{name}.weight", strict=True) if has_weight else {}
+                a_ch = _tensor_choices(a_ch, ov.activation, path=f"tuning.ops.{name}.activation", strict=True)
             op_tensor[name] = {"weight": w_ch, "activation": a_ch}
             can_fp32 = "fp32" in cap.get("activation", {}).get("dtype", []) and (
                 not has_weight or "fp32" in cap["weight"].get("dtype", []))

@@ -17,7 +17,7 @@ from .metric import Metric
 from .objective import Objective
 from .space import TuningSpace
 from .strategy import Strategy, StrategyContext, TrialResult
-from .tune_cfg import TuneCfg, cfg_fingerprint, describe
+from .tune_cfg import TuneCfg, cfg_fingerprint, describe, quantized_ops
 
 __all__ = ["Tuner"]
 
@@ -185,6 +185,9 @@ class Tuner:
                 strategy.observe(tune_cfg, TrialResult(t.accuracy, t.objective, t.meets))
                 continue
             replays = 0
+            if not quantized_ops(tune_cfg):  # all-fp32 is the baseline, not a quantized model
+                strategy.observe(tune_cfg, TrialResult(math.nan, math.nan, False))
+                continue
             if len(history.trials) >= t_cfg.max_trials:
                 stop_reason = f"max_trials ({t_cfg.max_trials}) reached"
                 break

@@ -76,8 +76,7 @@ class ToyAdaptor(Adaptor):
                 continue
             w, a = op["weight"], op["activation"]
             axis = 0 if w["granularity"] == "per_channel" else None
-            bits = 4 if layer.fragile else 8
-            qmax = 2 ** (bits - 1) - 1
+            qmax = 127
             if w["scheme"] == "sym":
                 scale = np.maximum(np.abs(layer.W).max(axis=axis, keepdims=axis is not None), 1e-8) / qmax
                 zp = np.zeros_like(scale, dtype=np.int64)
@@ -87,8 +86,8 @@ class ToyAdaptor(Adaptor):
                 scale = np.maximum(hi - lo, 1e-8) / (2 * qmax + 1)
                 zp = np.round(-qmax - 1 - lo / scale).astype(np.int64)
             layer.wq = np.clip(np.round(layer.W / scale) + zp, -qmax - 1, qmax).astype(np.int8)
-            layer.w_scale = np.asarray(scale, dtype=np.float64)
-            layer.w_zp = zp
+            layer.w_scale = np.asarray(scale, dtype=np.float32)
+            layer.w_zp = zp.astype(np.int32)
             lo_a, hi_a = stats.get(layer.name, (-4.0, 4.0))
             if a["scheme"] == "sym" or a["dtype"] == "int8":
                 layer.a_scale = max(abs(lo_a), abs(hi_a), 1e-8) / 127

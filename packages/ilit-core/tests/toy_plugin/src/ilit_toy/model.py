@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import zlib
+
 import numpy as np
+
+FRAGILE_NOISE = 0.5
 
 
 @dataclass
 class Dense:
-    """y = x @ W + b, optionally ReLU. ``fragile`` layers lose precision badly when quantized
-    (they quantize to 4 bits), standing in for the ops real models cannot quantize well."""
+    """y = x @ W + b, optionally ReLU. A ``fragile`` layer's quantized kernel adds a seeded error of
+    FRAGILE_NOISE x the output's spread, standing in for the ops real models cannot quantize well."""
 
     name: str
     W: np.ndarray
@@ -39,6 +43,9 @@ class Dense:
             xq = np.clip(np.round(x / self.a_scale) + self.a_zp, lo, hi).astype(np.int64)
             acc = (xq - self.a_zp) @ (self.wq.astype(np.int64) - self.w_zp)  # integer matmul
             y = acc * (self.a_scale * self.w_scale) + self.b
+            if self.fragile:
+                noise = np.random.default_rng(zlib.crc32(self.name.encode())).normal(0, 1, y.shape)
+                y = y + FRAGILE_NOISE * y.std() * noise
         return np.maximum(y, 0) if self.relu else y
 
 
@@ -74,6 +81,10 @@ def make_model(n_layers: int = 4, width: int = 16, n_classes: int = 4, fragile: 
 def make_dataset(model: ToyModel, n: int = 256, batch: int = 32, seed: int = 1) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Batches whose labels are the FP32 model's own predictions, so the baseline accuracy is 1.0."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(0, 1, (n, model.layers[0].W.shape[0])).astype(np.float32)
-    y = model(x).argmax(1)
+    x = rng.normal(0, 1, (2 * n, model.layers[0].W.shape[0])).astype(np.float32)
+    out = model(x)
+    top2 = np.sort(out, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    keep = np.argsort(-margin)[:n]  # clear-cut samples, so 8-bit noise alone rarely flips a label
+    x, y = x[np.sort(keep)], out[np.sort(keep)].argmax(1)
     return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]

@@ -1,0 +1,91 @@
+"""Entry-point plugin discovery: built-ins and third parties alike, with errors that say what to install."""
+
+import sys
+import warnings
+from importlib.metadata import EntryPoint
+
+import pytest
+
+import ilit
+from ilit import registry
+
+
+def test_builtins_and_third_party_found_through_entry_points():
+    assert "basic" in registry.installed("strategy")
+    assert {"performance", "footprint", "modelsize"} <= set(registry.installed("objective"))
+    assert "toy" in registry.installed("adaptor")  # the third-party test plugin
+    from ilit.strategies.basic import BasicStrategy
+    from ilit_toy import ToyAdaptor
+
+    assert registry.load("strategy", "basic") is BasicStrategy
+    assert registry.load("adaptor", "TOY") is ToyAdaptor
+
+
+def test_unknown_adaptor_lists_installed_and_the_pip_command():
+    with pytest.raises(ilit.PluginNotFoundError) as e:
+        registry.load("adaptor", "pytorch")
+    msg = str(e.value)
+    assert msg.startswith("no adaptor 'pytorch' is installed (installed: toy)")
+    assert "pip install ilit-pytorch" in msg
+
+
+def test_unknown_metric_and_strategy_hints():
+    with pytest.raises(ilit.PluginNotFoundError, match=r"pip install ilit-metrics"):
+        registry.load("metric", "topk")
+    with pytest.raises(ilit.PluginNotFoundError, match=r"installed: .*basic"):
+        registry.load("strategy", "annealing")
+
+
+@pytest.fixture
+def broken_plugin(monkeypatch):
+    """Add an entry point whose module fails to import, beside the real ones."""
+    real = registry._entry_points
+
+    def fake(group):
+        eps = real(group)
+        if group == "ilit.adaptors":
+            eps = eps + [EntryPoint("broken", "ilit_no_such_module_xyz:Adaptor", group)]
+        return eps
+
+    monkeypatch.setattr(registry, "_entry_points", fake)
+
+
+def test_a_failing_plugin_is_reported_and_the_others_still_load(broken_plugin):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = registry.load_all("adaptor")
+    assert "toy" in loaded and "broken" not in loaded
+    assert any("broken" in str(w.message) and "ilit_no_such_module_xyz" in str(w.message) for w in caught)
+
+
+def test_asking_for_the_failing_plugin_raises_its_own_error(broken_plugin):
+    with pytest.raises(ilit.PluginLoadError, match="ilit_no_such_module_xyz") as e:
+        registry.load("adaptor", "broken")
+    assert isinstance(e.value.__cause__, ModuleNotFoundError)
+
+
+def test_framework_detected_from_the_model_when_name_missing(toy, conf, broken_plugin):
+    model, data = toy
+    c = conf(framework={"name": None})
+    del c["framework"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the broken plugin is warned about, and skipped
+        tuner = ilit.Tuner(c)
+        tuner.tune(model, data, eval_dataloader=data)
+    assert tuner.adaptor.name == "toy"
+
+
+def test_undetectable_model_names_the_key_to_set(conf):
+    c = conf()
+    del c["framework"]
+    with pytest.raises(ilit.ConfigError, match=r"^framework.name: could not tell .*builtins.list"):
+        ilit.Tuner(c).tune([1, 2], [([1], [1])], eval_func=lambda m: 1.0)
+
+
+def test_import_ilit_loads_no_framework():
+    import subprocess
+
+    code = ("import sys, ilit; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'tensorflow', 'keras', 'mxnet', 'sklearn', 'scipy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,217 @@
+"""The tuning loop: both usages, stop rules, dedup, calibration reuse, failure handling and the log."""
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+
+import ilit
+import ilit_toy
+from ilit_toy import ToyAdaptor
+
+
+def weights(model):
+    return [(l.W.copy(), l.b.copy(), l.qcfg) for l in model.layers]
+
+
+def test_usage_a_eval_dataloader_and_metric(easy_toy, conf):
+    model, data = easy_toy
+    before = weights(model)
+    tuner = ilit.Tuner(conf())
+    q = tuner.tune(model, data, eval_dataloader=data)
+    assert q is not None and q is not model
+    assert all(l.quantized for l in q.layers)  # really integer-quantized layers
+    assert tuner.baseline_accuracy == 1.0
+    assert tuner.best_trial.meets and tuner.best_trial.accuracy >= 0.98
+    # the user's FP32 model is untouched
+    for (w, b, qc), layer in zip(before, model.layers):
+        assert np.array_equal(w, layer.W) and np.array_equal(b, layer.b) and qc is None and layer.qcfg is None
+
+
+def test_usage_b_eval_func(easy_toy, conf):
+    model, data = easy_toy
+    seen = []
+
+    def eval_func(m):
+        seen.append(m)
+        x = np.concatenate([x for x, _ in data])
+        y = np.concatenate([y for _, y in data])
+        return float((m(x).argmax(1) == y).mean())
+
+    c = conf()
+    del c["tuning"]["metric"]
+    tuner = ilit.Tuner(c)
+    q = tuner.tune(model, data, eval_func=eval_func)
+    assert q is not None and seen[0] is model and seen[-1] is q
+    assert tuner.history.trials[0].accuracy == eval_func(q)
+
+
+def test_timeout_zero_stops_at_the_first_passing_config(easy_toy, conf):
+    model, data = easy_toy
+    tuner = ilit.Tuner(conf(calibration={"iterations": [2, 4]}))
+    tuner.tune(model, data, eval_dataloader=data)
+    assert len(tuner.history.trials) == 1 and tuner.history.trials[0].meets
+
+
+def test_timeout_positive_keeps_searching_for_the_best_objective(easy_toy, conf):
+    model, data = easy_toy
+    c = conf(quantization={"weight": {"scheme": ["sym", "asym"], "granularity": ["per_channel", "per_tensor"]},
+                           "activation": {"dtype": "uint8", "scheme": "asym"}})
+    c["tuning"]["timeout"] = 3600
+    tuner = ilit.Tuner(c)
+    tuner.tune(model, data, eval_dataloader=data)
+    trials = tuner.history.trials
+    assert len(trials) == 4  # the whole (model-wise) space, though the first already passed
+    passing = [t for t in trials if t.meets]
+    assert tuner.best_trial.objective == min(t.objective for t in passing)
+
+
+def test_timeout_reached_stops_and_returns_none(easy_toy, conf):
+    model, data = easy_toy
+    c = conf()
+    c["tuning"]["timeout"] = 1e-9
+    tuner = ilit.Tuner(c)
+    assert tuner.tune(model, data, eval_dataloader=data) is None
+    assert tuner.history.trials == [] and tuner.history.finished
+
+
+def test_max_trials(toy, conf):
+    model, data = toy
+    c = conf()
+    c["tuning"]["max_trials"] = 3
+    tuner = ilit.Tuner(c)
+    tuner.tune(model, data, eval_dataloader=data)
+    assert len(tuner.history.trials) == 3
+
+
+def test_exhausted_space_returns_none_and_names_the_closest_trial(toy, conf, caplog):
+    model, data = toy
+    x = np.concatenate([x for x, _ in data])
+    y = np.concatenate([y for _, y in data])
+
+    def eval_func(m):  # any quantized model scores far below the FP32 one: the goal cannot be met
+        return float((m(x).argmax(1) == y).mean()) - (0.0 if m is model else 0.5)
+
+    c = conf()
+    del c["tuning"]["metric"]
+    tuner = ilit.Tuner(c)
+    with caplog.at_level(logging.INFO, logger="ilit"):
+        q = tuner.tune(model, data, eval_func=eval_func)
+    assert q is None
+    trials = tuner.history.trials
+    # 1 model-wise + 6 single fallbacks + 4 cumulative (the first cumulative one repeats a single one,
+    # which is not run again; all-fp32 is the baseline and never tried)
+    assert len(trials) == 1 + 6 + 4
+    assert all(ilit.quantized_ops(t.tune_cfg) for t in trials)
+    best = max(trials, key=lambda t: t.accuracy)
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING][-1]
+    assert f"Closest: trial {best.trial} with accuracy {best.accuracy:.4f}" in warning
+    assert tuner.history_path in warning
+    with open(tuner.history_path) as f:
+        assert len(json.load(f)["trials"]) == len(trials)
+
+
+def test_same_config_never_evaluated_twice_and_calibration_reused(toy, conf, monkeypatch):
+    model, data = toy
+    c = conf(calibration={"iterations": [2, 3], "algorithm": {"activation": ["minmax", "kl"]}},
+             quantization={"weight": {"granularity": ["per_channel", "per_tensor"], "scheme": "sym"},
+                           "activation": {"dtype": "uint8", "scheme": "asym"}})
+    c["tuning"]["strategy"] = "toy_repeat"  # proposes every config twice
+    tuner = ilit.Tuner(c)
+    tuner.tune(model, data, eval_dataloader=data)
+    n = len(tuner.space_configs) if hasattr(tuner, "space_configs") else 2 * 2 * 2
+    assert len(tuner.history.trials) == n
+    assert tuner.adaptor.quantize_calls == n
+    assert len({t.fingerprint for t in tuner.history.trials}) == n
+    # 2 iteration counts x 2 algorithms = 4 calibration settings, each run once: 2+2+3+3 batches
+    assert tuner.adaptor.calibration_batches == 2 + 2 + 3 + 3
+
+
+def test_a_failing_trial_is_recorded_and_tuning_goes_on(easy_toy, conf, monkeypatch):
+    model, data = easy_toy
+    real = ToyAdaptor.quantize
+
+    def flaky(self, tune_cfg, *a, **k):
+        if tune_cfg["ops"]["dense0"]["weight"].get("granularity") == "per_channel":
+            raise RuntimeError("no kernel for this config")
+        return real(self, tune_cfg, *a, **k)
+
+    monkeypatch.setattr(ToyAdaptor, "quantize", flaky)
+    c = conf(quantization={"weight": {"granularity": ["per_channel", "per_tensor"], "scheme": "sym"},
+                           "activation": {"dtype": "uint8", "scheme": "asym"}})
+    tuner = ilit.Tuner(c)
+    q = tuner.tune(model, data, eval_dataloader=data)
+    first, second = tuner.history.trials
+    assert first.error == "RuntimeError: no kernel for this config" and not first.meets and math.isnan(first.accuracy)
+    assert second.error is None and second.meets and q is not None
+
+
+def test_every_trial_failing_raises_with_the_first_error(easy_toy, conf, monkeypatch):
+    model, data = easy_toy
+
+    def broken(self, *a, **k):
+        raise ValueError("bad op")
+
+    monkeypatch.setattr(ToyAdaptor, "quantize", broken)
+    with pytest.raises(RuntimeError, match="every trial failed; the first error was: ValueError: bad op"):
+        ilit.Tuner(conf()).tune(model, data, eval_dataloader=data)
+
+
+def test_basic_strategy_falls_back_the_fragile_ops(toy, conf):
+    model, data = toy
+    tuner = ilit.Tuner(conf())
+    q = tuner.tune(model, data, eval_dataloader=data)
+    assert q is not None
+    returned = tuner.best_trial.tune_cfg
+    assert set(ilit.fallback_ops(returned)) == {"dense2", "dense4"}
+    assert not q.layers[2].quantized and not q.layers[4].quantized and q.layers[0].quantized
+    trials = tuner.history.trials
+    assert not trials[0].meets  # the model-wise config failed first
+    # then each op alone, bottom to top, before the cumulative phase
+    singles = [ilit.fallback_ops(t.tune_cfg) for t in trials[1:7]]
+    assert singles == [["dense5"], ["dense4"], ["dense3"], ["dense2"], ["dense1"], ["dense0"]]
+    assert len(trials) <= 1 + 6 + 2
+
+
+def test_errors_for_missing_evaluation(easy_toy, conf):
+    model, data = easy_toy
+    with pytest.raises(ValueError, match="eval_dataloader .* or eval_func"):
+        ilit.Tuner(conf()).tune(model, data)
+    c = conf()
+    del c["tuning"]["metric"]
+    with pytest.raises(ilit.ConfigError, match=r"^tuning.metric: an eval_dataloader needs a metric"):
+        ilit.Tuner(c).tune(model, data, eval_dataloader=data)
+    with pytest.raises(ilit.ConfigError, match=r"^tuning.metric.toy_accuracy: the toy_accuracy metric does not take"):
+        ilit.Tuner(conf(tuning={**conf()["tuning"], "metric": {"toy_accuracy": 5}})).tune(model, data, eval_dataloader=data)
+
+
+def test_unknown_framework_name(easy_toy, conf):
+    model, data = easy_toy
+    with pytest.raises(ilit.PluginNotFoundError, match=r"no adaptor 'mxnet' is installed \(installed: toy\). "
+                                                       r"Install it with: pip install ilit-mxnet"):
+        ilit.Tuner(conf(framework={"name": "mxnet"})).tune(model, data, eval_dataloader=data)
+
+
+def test_per_trial_log_lines_and_summary(toy, conf, caplog):
+    model, data = toy
+    tuner = ilit.Tuner(conf())
+    with caplog.at_level(logging.INFO, logger="ilit"):
+        tuner.tune(model, data, eval_dataloader=data)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
+    assert len(lines) == len(tuner.history.trials)
+    assert "fp32 fallback=1 (dense5)" in lines[1] and "accuracy" in lines[1] and "modelsize" in lines[1]
+    summary = tuner.summary()
+    assert summary.splitlines()[0] == "tuning summary (* = returned model):"
+    assert f"{tuner.best_trial.trial}*" in summary and "baseline" in summary
+    assert len(summary.splitlines()) == 3 + len(tuner.history.trials)
+
+
+def test_best_model_saved_in_workspace(easy_toy, conf, tmp_path):
+    model, data = easy_toy
+    tuner = ilit.Tuner(conf())
+    q = tuner.tune(model, data, eval_dataloader=data)
+    loaded = tuner.adaptor.load(str(tmp_path / "ws" / "best_model"))
+    x = data[0][0]
+    np.testing.assert_allclose(loaded(x), q(x), rtol=1e-5, atol=1e-5)
