@@ -66,6 +66,8 @@ def test_timeout_positive_keeps_searching_for_the_best_objective(easy_toy, conf)
     assert len(trials) == 4  # the whole (model-wise) space, though the first already passed
     passing = [t for t in trials if t.meets]
     assert tuner.best_trial.objective == min(t.objective for t in passing)
+    # a trial below the goal cannot be returned, so its objective is not spent time on
+    assert all(math.isnan(t.objective) for t in trials if not t.meets)
 
 
 def test_timeout_reached_stops_and_returns_none(easy_toy, conf):
@@ -201,7 +203,8 @@ def test_per_trial_log_lines_and_summary(toy, conf, caplog):
         tuner.tune(model, data, eval_dataloader=data)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trial ")]
     assert len(lines) == len(tuner.history.trials)
-    assert "fp32 fallback=1 (dense5)" in lines[1] and "accuracy" in lines[1] and "modelsize" in lines[1]
+    assert "fp32 fallback=1 (dense5)" in lines[1] and "accuracy" in lines[1] and "modelsize not measured" in lines[1]
+    assert "modelsize" in lines[-1] and "kB" in lines[-1]
     summary = tuner.summary()
     assert summary.splitlines()[0] == "tuning summary (* = returned model):"
     assert f"{tuner.best_trial.trial}*" in summary and "baseline" in summary

@@ -6,6 +6,7 @@ It is plain JSON data (never pickle), so a resume file cannot run code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -59,7 +60,8 @@ class History:
     format: int = FORMAT
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """Plain JSON data: NaN (an unmeasured or failed value) becomes null, as strict JSON requires."""
+        return _nan_to_none(asdict(self))
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_dict())
@@ -77,6 +79,9 @@ class History:
                               "it must be the JSON file an earlier ilit run wrote in its workspace") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT or "trials" not in data:
             raise ResumeError(f"resume_file {path!r} is not an ilit history (format {FORMAT}) file")
+        for t in data["trials"]:
+            for key in ("accuracy", "objective"):
+                t[key] = math.nan if t[key] is None else t[key]
         data["trials"] = [Trial(**t) for t in data["trials"]]
         return cls(**data)
 
@@ -85,6 +90,16 @@ class History:
             if t.trial == number:
                 return t
         return None
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def write_json_atomic(path: str, data: Any) -> None:
@@ -97,7 +112,7 @@ def write_json_atomic(path: str, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".history-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False, allow_nan=True)
+            json.dump(data, f, indent=1, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

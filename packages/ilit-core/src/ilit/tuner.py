@@ -256,7 +256,8 @@ class Tuner:
             te = time.perf_counter()
             acc = evaluate(q_model)
             to = time.perf_counter()
-            obj = objective.measure(q_model, adaptor, inputs)
+            if not math.isnan(acc) and crit.met(acc, baseline, higher_is_better):
+                obj = objective.measure(q_model, adaptor, inputs)  # only a passing model can be the best
         except Exception as exc:  # noqa: BLE001 - one bad config must not end hours of tuning
             error = f"{type(exc).__name__}: {exc}"
             log.warning("trial %d failed and is skipped: %s", number, error, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -271,9 +272,10 @@ class Tuner:
     def _log_trial(self, t: Trial, baseline: float, objective: Objective, source: str) -> None:
         rel = (t.accuracy - baseline) / abs(baseline) * 100 if baseline else float("nan")
         verdict = "error" if t.error else ("meets goal" if t.meets else "below goal")
+        obj = "not measured" if math.isnan(t.objective) else objective.format(t.objective)
         log.info("trial %d (%s): %s | accuracy %.4f (baseline %.4f, %+.2f%%) %s | %s %s | %.1fs, elapsed %.1fs",
                  t.trial, source, describe(t.tune_cfg), t.accuracy, baseline, rel, verdict,
-                 self.config.tuning.objective, objective.format(t.objective),
+                 self.config.tuning.objective, obj,
                  t.quantize_s + t.evaluate_s + t.objective_s, t.elapsed_s)
 
     @staticmethod
