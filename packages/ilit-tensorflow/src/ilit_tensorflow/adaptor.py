@@ -1,0 +1,383 @@
+"""The ``tensorflow`` adaptor: real INT8 TFLite models from the TFLite converter, run with the LiteRT interpreter."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ilit import Adaptor, calibration_key, is_quantized
+from ilit.tune_cfg import TuneCfg
+
+from . import flatbuffer as fb
+from ._deps import interpreter_class, op_resolver_without_delegates, tf
+from .model import TFLiteModel
+from .ranges import ALGORITHMS, compute_range, subsample
+from .sources import Source, as_float_arrays, batch_inputs, is_saved_model_dir, make_source
+
+__all__ = ["TensorFlowAdaptor", "QAT_MESSAGE"]
+
+log = logging.getLogger("ilit.tensorflow")
+
+STATIC = "post_training_static_quant"
+DYNAMIC = "post_training_dynamic_quant"
+QAT = "quant_aware_training"
+QAT_MESSAGE = ("quant_aware_training is not implemented by the TensorFlow adaptor: TensorFlow 2.21's tf.keras is "
+               "Keras 3, which tensorflow-model-optimization (the QAT toolkit) does not support. Use "
+               "post_training_static_quant (full INT8 with a calibration set) or post_training_dynamic_quant "
+               "(INT8 weights, activations quantized at run time) instead.")
+
+
+@dataclass
+class _Prepared:
+    """One FP32 model converted to float TFLite once, with its quantizable ops named."""
+
+    model: Any                      # kept so the id() key stays valid
+    source: Source
+    float_content: bytes
+    float_ops: List[fb.OpInfo]
+    names: Dict[str, fb.OpInfo]     # ilit op name -> float-model op, in execution order
+
+
+def _scope_name(op: fb.OpInfo, tensor_names: Sequence[str]) -> str:
+    """The layer scope an op's tensor names carry, e.g. ``conv2d_1`` for ``functional_1/conv2d_1/Relu;...``."""
+    for full in tensor_names:
+        for part in full.split(";"):
+            comps = [c for c in part.split("/") if c]
+            if len(comps) >= 2:
+                scope = comps[:-1]
+                if len(scope) >= 2:
+                    scope = scope[1:]  # drop the model's root scope
+                return "/".join(scope)
+    return ""
+
+
+def name_ops(float_content: bytes, float_ops: Sequence[fb.OpInfo], types: Sequence[str]) -> Dict[str, fb.OpInfo]:
+    """Stable ilit names for the ops of the given types: their layer scope, else ``<type>_<k>``; unique."""
+    m = fb.read(float_content)
+    tensors = m.subgraphs[0].tensors
+    names: Dict[str, fb.OpInfo] = {}
+    counts: Dict[str, int] = {}
+    for op in float_ops:
+        if op.type not in types:
+            continue
+        cands = list(op.output_names) + [tensors[t].name.decode() for t, c in zip(op.inputs, op.const_inputs) if c]
+        base = _scope_name(op, cands) or f"{op.type.lower()}_{counts.get(op.type, 0)}"
+        counts[op.type] = counts.get(op.type, 0) + 1
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names[name] = op
+    return names
+
+
+class TensorFlowAdaptor(Adaptor):
+    """ilit's TensorFlow adaptor.
+
+    Static quantization converts with the TFLite converter in calibrate-only mode once per
+    calibration setting, writes the kl/percentile ranges into that calibrated model, then quantizes
+    it with the MLIR quantizer, whose ``denylisted_nodes`` keep fallback ops in float. Dynamic-range
+    quantization converts with ``Optimize.DEFAULT`` and no calibration set, and puts the float
+    weights back into fallback ops. Both return a :class:`TFLiteModel` run by the LiteRT interpreter.
+    """
+
+    name = "tensorflow"
+    model_modules = ("keras", "tensorflow", "tf_keras", "ilit_tensorflow")
+
+    def __init__(self, config: Any, num_threads: Optional[int] = None) -> None:
+        super().__init__(config)
+        self.num_threads = num_threads
+        self.calibration_batches = 0   # q_dataloader batches run for calibration (tests check reuse with it)
+        self.float_conversions = 0
+        self._prepared: Dict[int, _Prepared] = {}
+        self._calibrated: Dict[Tuple[int], bytes] = {}
+        self._samples: Dict[Tuple[int], Dict[int, List[np.ndarray]]] = {}
+        self._stats: Dict[Tuple[Any, ...], bytes] = {}
+        self._dynamic: Dict[Tuple[bool, bool], bytes] = {}
+
+    # ------------------------------------------------------------------ model handling
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        return isinstance(model, TFLiteModel) or is_saved_model_dir(model) or super().accepts(model)
+
+    def _prepare(self, model: Any) -> _Prepared:
+        if isinstance(model, TFLiteModel):
+            raise TypeError("this is already a converted TFLite model; pass the FP32 Keras model, SavedModel "
+                            "directory or tf.function to quantize or query")
+        key = id(model)
+        prep = self._prepared.get(key)
+        if prep is None:
+            fw = self.config.framework
+            source = make_source(model, fw.inputs, fw.outputs)
+            content = _convert(source.converter())
+            self.float_conversions += 1
+            ops = fb.op_list(content)
+            names = name_ops(content, ops, fb.STATIC_OPS)
+            prep = _Prepared(model, source, content, ops, names)
+            self._prepared[key] = prep
+        return prep
+
+    def _check_approach(self, approach: str) -> None:
+        if approach == QAT:
+            raise NotImplementedError(QAT_MESSAGE)
+        if approach not in (STATIC, DYNAMIC):
+            raise ValueError(f"unknown approach {approach!r}; expected {STATIC} or {DYNAMIC}")
+
+    # ------------------------------------------------------------------ capability
+    def query_fw_capability(self, model: Any) -> Dict[str, Any]:
+        approach = self.config.quantization.approach
+        self._check_approach(approach)
+        prep = self._prepare(model)
+        op_wise: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        if approach == STATIC:
+            for name, op in prep.names.items():
+                cap: Dict[str, Any] = {"activation": {"dtype": ["int8", "fp32"], "scheme": ["asym"],
+                                                      "granularity": ["per_tensor"], "algorithm": list(ALGORITHMS)}}
+                if op.type in fb.WEIGHT_OPS and op.weight_type == "FLOAT32":
+                    cap["weight"] = {"dtype": ["int8", "fp32"], "scheme": ["sym"],
+                                     "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]}
+                op_wise[(name, op.type)] = cap
+        else:
+            dyn_ops = fb.op_list(self._dynamic_model(prep, False, False))
+            for name, op in prep.names.items():
+                if op.type not in fb.WEIGHT_OPS or dyn_ops[op.index].weight_type != "INT8":
+                    continue  # the converter keeps small weights (< 1024 elements) in float
+                op_wise[(name, op.type)] = {
+                    "weight": {"dtype": ["int8", "fp32"], "scheme": ["sym"],
+                               "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]},
+                    "activation": {"dtype": ["int8", "fp32"], "scheme": ["asym"],
+                                   "granularity": ["per_tensor"], "algorithm": ["minmax"]}}
+        return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise}
+
+    def describe_capability(self, capability: Mapping[str, Any]) -> str:
+        ops = capability.get("op_wise", {})
+        kinds: Dict[str, int] = {}
+        for _n, t in ops:
+            kinds[t] = kinds.get(t, 0) + 1
+        return f"{len(ops)} quantizable ops ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
+
+    # ------------------------------------------------------------------ quantization
+    def quantize(self, tune_cfg: TuneCfg, model: Any, dataloader: Iterable[Any],
+                 q_func: Optional[Callable[[Any], Any]] = None) -> TFLiteModel:
+        approach = tune_cfg["approach"]
+        self._check_approach(approach)
+        prep = self._prepare(model)
+        unknown = [n for n in tune_cfg["ops"] if n not in prep.names]
+        if unknown:
+            raise ValueError(f"tune_cfg names ops {unknown} that this model does not have; its ops are {list(prep.names)}")
+        disable_pc, disable_dense_pc = _granularity_flags(tune_cfg, prep)
+        fallback = [n for n, op in tune_cfg["ops"].items() if not is_quantized(op)]
+        if approach == STATIC:
+            calibrated = self._calibrated_model(tune_cfg, prep, dataloader)
+            cal_ops = fb.op_list(calibrated)
+            to_cal = fb.match_ops(prep.float_ops, cal_ops)
+            deny = [cal_ops[to_cal[prep.names[n].index]].output_names[0] for n in fallback]
+            content = _mlir_quantize(calibrated, disable_pc, disable_dense_pc, deny)
+        else:
+            dyn = self._dynamic_model(prep, disable_pc, disable_dense_pc)
+            to_dyn = fb.match_ops(prep.float_ops, fb.op_list(dyn))
+            op_map = {to_dyn[prep.names[n].index]: prep.names[n].index for n in fallback}
+            content = fb.restore_float_weights(dyn, prep.float_content, op_map) if op_map else dyn
+        to_q = fb.match_ops(prep.float_ops, fb.op_list(content))
+        q = TFLiteModel(content, {n: to_q[op.index] for n, op in prep.names.items()}, tune_cfg=tune_cfg,
+                        num_threads=self.num_threads)
+        still_int = [n for n in fallback if not q.op(n).is_float]
+        if still_int:
+            raise RuntimeError(f"the converter did not keep {still_int} in float as the tune_cfg asks")
+        return q
+
+    def _representative(self, dataloader: Iterable[Any], iterations: int) -> Callable[[], Iterable[Any]]:
+        def gen() -> Iterable[Any]:
+            for batch in itertools.islice(iter(dataloader), iterations):
+                self.calibration_batches += 1
+                yield as_float_arrays(batch_inputs(batch))
+        return gen
+
+    def _raw_calibration(self, prep: _Prepared, dataloader: Iterable[Any], iterations: int) -> bytes:
+        """The float model with min/max of every tensor recorded, from ``iterations`` batches; run once per count."""
+        key = (iterations,)
+        if key not in self._calibrated:
+            conv = prep.source.converter()
+            conv.optimizations = [tf().lite.Optimize.DEFAULT]
+            conv.representative_dataset = self._representative(dataloader, iterations)
+            conv.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv._experimental_calibrate_only = True  # the step QuantizationDebugger uses; quantized below
+            self._calibrated[key] = _convert(conv)
+        return self._calibrated[key]
+
+    def _activation_samples(self, calibrated: bytes, dataloader: Iterable[Any], iterations: int,
+                            tensors: Iterable[int]) -> Dict[int, List[np.ndarray]]:
+        """Samples of the given tensors' values over the calibration batches (for kl and percentile)."""
+        key = (iterations,)
+        store = self._samples.setdefault(key, {})
+        need = sorted(set(tensors) - set(store))
+        if need:
+            runner = TFLiteModel(calibrated, num_threads=1)
+            interp = runner._interpreter(debug=True)
+            rng = np.random.default_rng(0)
+            for t in need:
+                store[t] = []
+            for batch in itertools.islice(iter(dataloader), iterations):
+                self.calibration_batches += 1
+                runner._run(interp, as_float_arrays(batch_inputs(batch)))
+                for t in need:
+                    store[t].append(subsample(interp.get_tensor(t), rng))
+        return store
+
+    def _calibrated_model(self, tune_cfg: TuneCfg, prep: _Prepared, dataloader: Iterable[Any]) -> bytes:
+        """The calibrated model for this tune_cfg's calibration key, with kl/percentile ranges written in."""
+        key = calibration_key(tune_cfg)
+        if key in self._stats:
+            return self._stats[key]
+        iterations = int(tune_cfg["calibration"]["iterations"])
+        raw = self._raw_calibration(prep, dataloader, iterations)
+        cal_ops = fb.op_list(raw)
+        to_cal = fb.match_ops(prep.float_ops, cal_ops)
+        wanted: Dict[int, str] = {}
+        for name, op_cfg in tune_cfg["ops"].items():
+            algo = op_cfg.get("activation", {}).get("algorithm", "minmax")
+            if not is_quantized(op_cfg) or algo == "minmax":
+                continue
+            for t in cal_ops[to_cal[prep.names[name].index]].outputs:
+                wanted[t] = algo
+        result = raw
+        if wanted:
+            ranges = fb.tensor_ranges(raw)
+            wanted = {t: a for t, a in wanted.items() if t in ranges}
+            samples = self._activation_samples(raw, dataloader, iterations, wanted)
+            new = {t: compute_range(samples[t], a, *ranges[t]) for t, a in wanted.items()}
+            result = fb.write_ranges(raw, new)
+        self._stats[key] = result
+        return result
+
+    def _dynamic_model(self, prep: _Prepared, disable_pc: bool, disable_dense_pc: bool) -> bytes:
+        key = (disable_pc, disable_dense_pc)
+        if key not in self._dynamic:
+            conv = prep.source.converter()
+            conv.optimizations = [tf().lite.Optimize.DEFAULT]
+            conv._experimental_disable_per_channel = disable_pc
+            conv._experimental_disable_per_channel_quantization_for_dense_layers = disable_dense_pc
+            self._dynamic[key] = _convert(conv)
+        return self._dynamic[key]
+
+    # ------------------------------------------------------------------ running and files
+    def infer(self, model: Any, inputs: Any) -> Any:
+        if isinstance(model, TFLiteModel):
+            return model(inputs)
+        return self._prepare(model).source(inputs)
+
+    def _as_tflite(self, model: Any) -> TFLiteModel:
+        if isinstance(model, TFLiteModel):
+            return model
+        prep = self._prepare(model)
+        return TFLiteModel(prep.float_content, {n: op.index for n, op in prep.names.items()},
+                           num_threads=self.num_threads)
+
+    def inspect_tensor(self, model: Any, dataloader: Iterable[Any], op_list: Sequence[str],
+                       iteration_list: Sequence[int]) -> Dict[str, List[np.ndarray]]:
+        """Each op's output, as float, for the chosen batches; an FP32 model runs as its float TFLite conversion."""
+        runner = self._as_tflite(model)
+        wanted = set(int(i) for i in iteration_list)
+        out: Dict[str, List[np.ndarray]] = {name: [] for name in op_list}
+        if not wanted:
+            return out
+        for i, batch in enumerate(dataloader):
+            if i > max(wanted):
+                break
+            if i in wanted:
+                values = runner.op_outputs(batch_inputs(batch), op_list)
+                for name in op_list:
+                    out[name].append(values[name])
+        return out
+
+    def save(self, model: Any, path: str) -> None:
+        """Write the model's ``.tflite`` flatbuffer (an FP32 model: its float conversion) into ``path``."""
+        self._as_tflite(model).save(path)
+
+    def load(self, path: str) -> TFLiteModel:
+        return TFLiteModel.load(path, num_threads=self.num_threads)
+
+    def fingerprint(self, model: Any) -> str:
+        if isinstance(model, TFLiteModel):
+            return hashlib.sha256(model.content).hexdigest()
+        prep = self._prepare(model)
+        return prep.source.fingerprint() or hashlib.sha256(prep.float_content).hexdigest()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _convert(converter: Any) -> bytes:
+    """Run a TFLite converter with its chatter (the SavedModel dump, calibration notes) kept off stdout."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _quiet_stdout():
+            return bytes(converter.convert())
+
+
+class _quiet_stdout:
+    """Send file descriptors 1 and 2 to /dev/null for the converter's C++ and print() chatter; restored on exit.
+
+    Conversion errors still surface: the converter raises them as Python exceptions with their messages.
+    """
+
+    def __enter__(self) -> None:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = [os.dup(1), os.dup(2)]
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
+        os.dup2(self._null, 2)
+
+    def __exit__(self, *exc: Any) -> None:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self._saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+        os.close(self._null)
+
+
+def _mlir_quantize(calibrated: bytes, disable_pc: bool, disable_dense_pc: bool, deny: Sequence[str]) -> bytes:
+    """Quantize a calibrated model with the converter's MLIR quantizer, keeping ``deny`` nodes in float."""
+    tf()
+    from tensorflow.lite.python import convert as tfl_convert
+
+    with _quiet_stdout():
+        return bytes(tfl_convert.mlir_quantize(
+            calibrated, disable_per_channel=disable_pc, fully_quantize=False,
+            denylisted_nodes=list(deny) or None,
+            disable_per_channel_for_dense_layers=disable_dense_pc))
+
+
+def _granularity_flags(tune_cfg: TuneCfg, prep: _Prepared) -> Tuple[bool, bool]:
+    """The converter's two per-channel switches for the tune_cfg's weight granularities.
+
+    The converter offers per-channel or per-tensor weights for all conv-like ops together, and for
+    all fully-connected ops together (per-tensor conv forces per-tensor FC); a mix it cannot build is an error.
+    """
+    conv, dense = set(), set()
+    for name, op_cfg in tune_cfg["ops"].items():
+        w = op_cfg.get("weight", {})
+        if not is_quantized(op_cfg) or w.get("dtype", "fp32") == "fp32":
+            continue
+        (conv if prep.names[name].type in fb.CONV_OPS else dense).add(w.get("granularity", "per_channel"))
+    if len(conv) > 1 or len(dense) > 1:
+        raise ValueError("the TFLite converter sets weight granularity for all conv ops at once and for all "
+                         f"fully-connected ops at once; this tune_cfg mixes them (conv: {sorted(conv)}, "
+                         f"dense: {sorted(dense)})")
+    disable_pc = conv == {"per_tensor"}
+    if disable_pc and dense == {"per_channel"}:
+        raise ValueError("the TFLite converter cannot quantize fully-connected weights per channel while conv "
+                         "weights are per tensor")
+    return disable_pc, disable_pc or dense == {"per_tensor"}

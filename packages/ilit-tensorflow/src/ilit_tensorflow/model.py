@@ -1,0 +1,159 @@
+"""``TFLiteModel``: a TFLite flatbuffer run by the LiteRT interpreter; what ``quantize`` returns and ``load`` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ._deps import interpreter_class, op_resolver_without_delegates
+from .flatbuffer import OpInfo, op_list
+
+MODEL_FILE = "model.tflite"
+META_FILE = "ilit_tensorflow.json"
+
+
+def default_threads() -> int:
+    """The CPUs this process may use: the interpreter's thread count unless one is given."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _as_list(inputs: Any) -> List[np.ndarray]:
+    if isinstance(inputs, Mapping):
+        return [np.asarray(v) for v in inputs.values()]
+    if isinstance(inputs, (list, tuple)):
+        return [np.asarray(v) for v in inputs]
+    return [np.asarray(inputs)]
+
+
+def _dequantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+    """Float values of an int8/uint8 tensor from its (per-tensor or per-axis) scale and zero point."""
+    if value.dtype not in (np.int8, np.uint8, np.int16):
+        return np.array(value, dtype=np.float32, copy=True)
+    qp = detail.get("quantization_parameters") or {}
+    scales, zps = np.asarray(qp.get("scales", [])), np.asarray(qp.get("zero_points", []))
+    if scales.size == 0:
+        scale, zp = detail["quantization"]
+        return ((value.astype(np.float32) - zp) * scale).astype(np.float32)
+    if scales.size == 1:
+        return ((value.astype(np.float32) - zps[0]) * scales[0]).astype(np.float32)
+    shape = [1] * value.ndim
+    shape[int(qp.get("quantized_dimension", 0))] = -1
+    return ((value.astype(np.float32) - zps.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
+
+
+class TFLiteModel:
+    """A TFLite model: the flatbuffer bytes, the ilit op names mapped to its operators, and a lazy interpreter.
+
+    Calling it on a batch (an array, or a list/dict of arrays for several inputs) returns the output
+    array, or a list of them when the model has several outputs.
+    """
+
+    def __init__(self, content: bytes, op_index: Optional[Mapping[str, int]] = None,
+                 tune_cfg: Optional[Mapping[str, Any]] = None, num_threads: Optional[int] = None) -> None:
+        self.content = bytes(content)
+        self.op_index: Dict[str, int] = dict(op_index or {})
+        self.tune_cfg = dict(tune_cfg) if tune_cfg is not None else None
+        self.num_threads = num_threads or default_threads()
+        self._interp: Any = None
+        self._debug_interp: Any = None
+        self._ops: Optional[List[OpInfo]] = None
+
+    # ------------------------------------------------------------------ inspection
+    @property
+    def size(self) -> int:
+        """Bytes of the flatbuffer, i.e. of the saved model file."""
+        return len(self.content)
+
+    @property
+    def ops(self) -> List[OpInfo]:
+        """The model's operators with their tensor types, in execution order."""
+        if self._ops is None:
+            self._ops = op_list(self.content)
+        return self._ops
+
+    def op(self, name: str) -> OpInfo:
+        """The operator that the ilit op ``name`` became in this model."""
+        if name not in self.op_index:
+            raise KeyError(f"no op {name!r} in this model; it has {sorted(self.op_index)}")
+        return self.ops[self.op_index[name]]
+
+    # ------------------------------------------------------------------ running
+    def _interpreter(self, debug: bool = False) -> Any:
+        cls = interpreter_class()
+        if debug:
+            if self._debug_interp is None:
+                self._debug_interp = cls(model_content=self.content, num_threads=1,
+                                         experimental_op_resolver_type=op_resolver_without_delegates(),
+                                         experimental_preserve_all_tensors=True)
+            return self._debug_interp
+        if self._interp is None:
+            self._interp = cls(model_content=self.content, num_threads=self.num_threads)
+        return self._interp
+
+    def _run(self, interp: Any, inputs: Any) -> None:
+        arrays = _as_list(inputs)
+        details = interp.get_input_details()
+        if len(arrays) != len(details):
+            raise ValueError(f"the model takes {len(details)} inputs, got {len(arrays)}")
+        resized = False
+        for arr, d in zip(arrays, details):
+            if tuple(d["shape"]) != arr.shape:
+                interp.resize_tensor_input(d["index"], list(arr.shape), strict=False)
+                resized = True
+        if resized or not getattr(interp, "_ilit_allocated", False):
+            interp.allocate_tensors()
+            interp._ilit_allocated = True
+        for arr, d in zip(arrays, interp.get_input_details()):
+            interp.set_tensor(d["index"], np.ascontiguousarray(arr, dtype=d["dtype"]))
+        interp.invoke()
+
+    def __call__(self, inputs: Any) -> Any:
+        interp = self._interpreter()
+        self._run(interp, inputs)
+        outs = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+        return outs[0] if len(outs) == 1 else outs
+
+    def op_outputs(self, inputs: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
+        """The first output of each named op for one batch, dequantized to float where it is integer."""
+        interp = self._interpreter(debug=True)
+        self._run(interp, inputs)
+        details = {d["index"]: d for d in interp.get_tensor_details()}
+        out = {}
+        for name in names:
+            t = self.op(name).outputs[0]
+            out[name] = _dequantize(interp.get_tensor(t), details[t])
+        return out
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str) -> None:
+        """Write ``model.tflite`` (the flatbuffer) and a small JSON of op names and tune_cfg into ``path``."""
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, MODEL_FILE), "wb") as f:
+            f.write(self.content)
+        with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
+            json.dump({"op_index": self.op_index, "tune_cfg": self.tune_cfg}, f, indent=1, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: str, num_threads: Optional[int] = None) -> "TFLiteModel":
+        """Read a directory written by :meth:`save`, or a bare ``.tflite`` file."""
+        file = path if os.path.isfile(path) else os.path.join(path, MODEL_FILE)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no {MODEL_FILE} in {path!r}; expected a directory written by the "
+                                    "TensorFlow adaptor's save, or a .tflite file")
+        with open(file, "rb") as f:
+            content = f.read()
+        meta: Dict[str, Any] = {}
+        meta_file = os.path.join(os.path.dirname(file), META_FILE)
+        if os.path.isfile(meta_file):
+            with open(meta_file, encoding="utf-8") as f:
+                meta = json.load(f)
+        return cls(content, op_index=meta.get("op_index"), tune_cfg=meta.get("tune_cfg"), num_threads=num_threads)
+
+    def __repr__(self) -> str:
+        return f"TFLiteModel({self.size} bytes, {len(self.op_index)} named ops)"

@@ -1,0 +1,178 @@
+"""The FP32 models the adaptor takes (Keras model, SavedModel directory, tf.function), as TFLite converter sources."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as np
+
+from ._deps import tf
+
+
+def is_saved_model_dir(model: Any) -> bool:
+    """Whether ``model`` is a path to a SavedModel directory."""
+    return isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), "saved_model.pb"))
+
+
+def batch_inputs(batch: Any) -> Any:
+    """The inputs of a dataloader batch: the first item of an ``(inputs, labels)`` pair, else the batch."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0]
+    return batch
+
+
+def as_float_arrays(inputs: Any) -> Any:
+    """numpy float32 copies of one batch's inputs (an array, or a list/tuple/dict of them), for the converter."""
+    def conv(v: Any) -> np.ndarray:
+        v = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+        return v.astype(np.float32) if v.dtype.kind == "f" else v
+    if isinstance(inputs, dict):
+        return {k: conv(v) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return [conv(v) for v in inputs]
+    return [conv(inputs)]
+
+
+class Source:
+    """One FP32 model: how to make a TFLite converter for it, run it, and fingerprint it."""
+
+    kind = ""
+
+    def converter(self) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def fingerprint(self) -> Optional[str]:
+        """A content hash, or None to hash the float TFLite model instead."""
+        return None
+
+
+class KerasSource(Source):
+    """A Keras 3 model (``tf.keras``); inference runs it inside a ``tf.function``."""
+
+    kind = "keras"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._fn: Optional[Callable[..., Any]] = None
+
+    def converter(self) -> Any:
+        return tf().lite.TFLiteConverter.from_keras_model(self.model)
+
+    def __call__(self, inputs: Any) -> Any:
+        if self._fn is None:
+            model = self.model
+            self._fn = tf().function(lambda x: model(x, training=False), reduce_retracing=True)
+        x = inputs if isinstance(inputs, (dict, list, tuple)) else np.asarray(inputs, dtype=np.float32)
+        return self._fn(x)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.model.to_json().encode())
+        for w in self.model.get_weights():
+            h.update(np.ascontiguousarray(w).tobytes())
+        return h.hexdigest()
+
+
+class SavedModelSource(Source):
+    """A SavedModel directory, converted and run through one of its signatures."""
+
+    kind = "saved_model"
+
+    def __init__(self, path: str, inputs: Optional[Sequence[str]] = None,
+                 outputs: Optional[Sequence[str]] = None, signature: str = "serving_default") -> None:
+        self.path = os.fspath(path)
+        self.signature = signature
+        self.input_names = list(inputs) if inputs else None
+        self.output_names = list(outputs) if outputs else None
+        self._fn: Any = None
+
+    def _signature_fn(self) -> Any:
+        if self._fn is None:
+            loaded = tf().saved_model.load(self.path)
+            sigs = getattr(loaded, "signatures", {})
+            if self.signature not in sigs:
+                raise ValueError(f"the SavedModel at {self.path!r} has no {self.signature!r} signature "
+                                 f"(it has {sorted(sigs)}); export it with a serving signature")
+            self._loaded, self._fn = loaded, sigs[self.signature]
+            spec = self._fn.structured_input_signature[1]
+            names = sorted(spec)
+            if self.input_names is None:
+                self.input_names = names
+            unknown = [n for n in self.input_names if n not in spec]
+            if unknown:
+                raise ValueError(f"framework.inputs {unknown} are not inputs of the SavedModel's "
+                                 f"{self.signature!r} signature, whose inputs are {names}")
+        return self._fn
+
+    def converter(self) -> Any:
+        return tf().lite.TFLiteConverter.from_saved_model(self.path, signature_keys=[self.signature])
+
+    def __call__(self, inputs: Any) -> Any:
+        fn = self._signature_fn()
+        if isinstance(inputs, dict):
+            feeds = inputs
+        else:
+            arrays: List[Any] = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+            assert self.input_names is not None
+            if len(arrays) != len(self.input_names):
+                raise ValueError(f"the signature takes inputs {self.input_names}, got {len(arrays)} arrays; "
+                                 "set framework.inputs to name them in order")
+            feeds = dict(zip(self.input_names, arrays))
+        feeds = {k: tf().convert_to_tensor(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else v)
+                 for k, v in feeds.items()}
+        out = fn(**feeds)
+        keys = self.output_names or sorted(out)
+        missing = [k for k in keys if k not in out]
+        if missing:
+            raise ValueError(f"framework.outputs {missing} are not outputs of the signature; it has {sorted(out)}")
+        vals = [out[k] for k in keys]
+        return vals[0] if len(vals) == 1 else vals
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for root, _dirs, files in sorted(os.walk(self.path)):
+            for fn in sorted(files):
+                h.update(os.path.relpath(os.path.join(root, fn), self.path).encode())
+                with open(os.path.join(root, fn), "rb") as f:
+                    h.update(f.read())
+        return h.hexdigest()
+
+
+class FunctionSource(Source):
+    """A ``tf.function`` with an input signature; its captured variables are frozen into constants."""
+
+    kind = "function"
+
+    def __init__(self, fn: Any) -> None:
+        if getattr(fn, "input_signature", None) is None:
+            raise ValueError("a tf.function needs an input_signature to be converted, e.g. "
+                             "@tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])")
+        self.fn = fn
+
+    def converter(self) -> Any:
+        # no trackable object: the converter then freezes the captured variables into constants
+        return tf().lite.TFLiteConverter.from_concrete_functions([self.fn.get_concrete_function()])
+
+    def __call__(self, inputs: Any) -> Any:
+        if isinstance(inputs, (list, tuple)):
+            return self.fn(*[np.asarray(v, dtype=np.float32) for v in inputs])
+        return self.fn(np.asarray(inputs, dtype=np.float32))
+
+
+def make_source(model: Any, inputs: Optional[Sequence[str]] = None, outputs: Optional[Sequence[str]] = None) -> Source:
+    """The :class:`Source` for a Keras model, a SavedModel directory or a tf.function; a clear error otherwise."""
+    if is_saved_model_dir(model):
+        return SavedModelSource(os.fspath(model), inputs, outputs)
+    tfm = tf()
+    if isinstance(model, tfm.keras.Model):
+        return KerasSource(model)
+    if hasattr(model, "get_concrete_function") and hasattr(model, "input_signature"):
+        return FunctionSource(model)
+    if isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"{os.fspath(model)!r} is not a SavedModel directory (no saved_model.pb in it)")
+    raise TypeError(f"the TensorFlow adaptor takes a Keras model, a SavedModel directory or a tf.function with "
+                    f"an input_signature, not a {type(model).__module__}.{type(model).__name__}")
