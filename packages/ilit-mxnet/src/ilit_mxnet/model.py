@@ -1,0 +1,219 @@
+"""``SymbolModel``: a symbolic MXNet model (symbol + params + input names), and conversion from Gluon.
+
+Both what users hand in (a symbol with params, ``-symbol.json``/``.params`` files, a bound Module) and
+what the adaptor returns (the INT8 graph) are ``SymbolModel``s. Calling one runs it through a hybridized
+Gluon ``SymbolBlock`` (MXNet's cached graph executor, with the oneDNN kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+import numpy as np
+
+__all__ = ["SymbolModel", "to_symbol_model", "as_nd_inputs", "block_params"]
+
+META_FILE = "ilit_mxnet.json"
+PREFIX = "model"
+
+
+def as_nd_inputs(inputs: Any) -> List[mx.nd.NDArray]:
+    """One batch's inputs (an array, or a list/tuple of them for multi-input models) as float32 NDArrays."""
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    out = []
+    for x in items:
+        if isinstance(x, mx.nd.NDArray):
+            out.append(x)
+        else:
+            arr = np.asarray(x)
+            out.append(mx.nd.array(arr, dtype=np.float32 if arr.dtype.kind in "fiub" else arr.dtype))
+    return out
+
+
+class SymbolModel:
+    """A symbolic MXNet model: ``symbol``, ``arg_params``, ``aux_params`` and the names of its data inputs.
+
+    Free arguments that are neither params nor data (the ``softmax_label`` of a ``SoftmaxOutput``) are fed
+    zeros at inference. ``meta`` carries what ilit-mxnet knows about a quantized graph (JSON-serializable).
+    """
+
+    def __init__(self, symbol: mx.sym.Symbol, arg_params: Mapping[str, mx.nd.NDArray],
+                 aux_params: Optional[Mapping[str, mx.nd.NDArray]] = None,
+                 data_names: Optional[Sequence[str]] = None, meta: Optional[Mapping[str, Any]] = None) -> None:
+        if not isinstance(symbol, mx.sym.Symbol):
+            raise TypeError(f"SymbolModel needs an mxnet Symbol, got {type(symbol).__name__}")
+        self.symbol = symbol
+        args = set(symbol.list_arguments())
+        auxs = set(symbol.list_auxiliary_states())
+        self.arg_params: Dict[str, mx.nd.NDArray] = {k: v for k, v in dict(arg_params).items() if k in args}
+        self.aux_params: Dict[str, mx.nd.NDArray] = {k: v for k, v in dict(aux_params or {}).items() if k in auxs}
+        free = [a for a in symbol.list_arguments() if a not in self.arg_params]
+        if data_names is None:
+            data_names = [a for a in free if not a.endswith("label")]
+        missing = [d for d in data_names if d not in free]
+        if missing:
+            raise ValueError(f"data_names {missing} are not free inputs of the symbol; its free inputs are {free}")
+        self.data_names: List[str] = list(data_names)
+        self.label_names: List[str] = [a for a in free if a not in self.data_names]
+        missing_aux = [a for a in symbol.list_auxiliary_states() if a not in self.aux_params]
+        if missing_aux:
+            raise ValueError(f"aux_params lack {missing_aux[:5]}; pass the model's auxiliary states (BatchNorm stats)")
+        self.meta: Dict[str, Any] = dict(meta or {})
+        self._block: Optional[mx.gluon.SymbolBlock] = None
+        self._label_shapes: Dict[Tuple[Any, ...], List[Tuple[int, ...]]] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str, params: Optional[str] = None, epoch: int = 0,
+             data_names: Optional[Sequence[str]] = None) -> "SymbolModel":
+        """Load ``path-symbol.json`` + ``path-%04d.params`` (a checkpoint prefix), a ``.json`` path plus
+        ``params``, or a directory written by :meth:`save_dir`."""
+        meta: Dict[str, Any] = {}
+        if os.path.isdir(path):
+            with open(os.path.join(path, META_FILE), encoding="utf-8") as f:
+                meta = json.load(f)
+            data_names = data_names or meta.get("data_names")
+            path = os.path.join(path, PREFIX)
+        if path.endswith(".json"):
+            sym_file = path
+            if params is None:
+                stem = path[: -len("-symbol.json")] if path.endswith("-symbol.json") else path[: -len(".json")]
+                params = f"{stem}-{epoch:04d}.params"
+        else:
+            sym_file, params = f"{path}-symbol.json", params or f"{path}-{epoch:04d}.params"
+        for f in (sym_file, params):
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"{f} does not exist; pass a checkpoint prefix (PREFIX-symbol.json and "
+                                        f"PREFIX-{epoch:04d}.params) or the .json and .params paths")
+        symbol = mx.sym.load(sym_file)
+        arg, aux = {}, {}
+        for key, value in mx.nd.load(params).items():
+            kind, _, name = key.partition(":")
+            if kind == "aux":
+                aux[name] = value
+            elif kind == "arg":
+                arg[name] = value
+            else:  # a plain (Gluon save_parameters style) name
+                (aux if key in symbol.list_auxiliary_states() else arg)[key] = value
+        return cls(symbol, arg, aux, data_names=data_names, meta=meta.get("meta"))
+
+    @classmethod
+    def from_module(cls, module: mx.mod.Module) -> "SymbolModel":
+        """A bound Module with initialized params."""
+        arg, aux = module.get_params()
+        return cls(module.symbol, arg, aux, data_names=list(module.data_names))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, prefix: str) -> Tuple[str, str]:
+        """Write ``prefix-symbol.json`` and ``prefix-0000.params`` (MXNet's checkpoint format); return both paths."""
+        sym_file, params_file = f"{prefix}-symbol.json", f"{prefix}-0000.params"
+        self.symbol.save(sym_file)
+        blob = {f"arg:{k}": v.as_in_context(mx.cpu()) for k, v in self.arg_params.items()}
+        blob.update({f"aux:{k}": v.as_in_context(mx.cpu()) for k, v in self.aux_params.items()})
+        mx.nd.save(params_file, blob)
+        return sym_file, params_file
+
+    def save_dir(self, path: str) -> None:
+        """Write the checkpoint as ``path/model-symbol.json``, ``path/model-0000.params`` plus ``ilit_mxnet.json``."""
+        os.makedirs(path, exist_ok=True)
+        self.save(os.path.join(path, PREFIX))
+        with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
+            json.dump({"format": 1, "data_names": self.data_names, "meta": self.meta}, f, indent=1, sort_keys=True)
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def params(self) -> Dict[str, mx.nd.NDArray]:
+        return {**self.arg_params, **self.aux_params}
+
+    def type_dict(self) -> Dict[str, Any]:
+        """Every argument's dtype (int8 weights of a quantized graph included), for binding executors."""
+        types: Dict[str, Any] = {n: np.float32 for n in self.data_names + self.label_names}
+        types.update({k: v.dtype for k, v in self.arg_params.items()})
+        return types
+
+    def _get_block(self) -> mx.gluon.SymbolBlock:
+        if self._block is None:
+            inputs = [mx.sym.var(n) for n in self.data_names + self.label_names]
+            with warnings.catch_warnings():  # "Cannot decide type for ... data": the inputs are float32
+                warnings.simplefilter("ignore", UserWarning)
+                block = mx.gluon.SymbolBlock(self.symbol, inputs)
+            with tempfile.TemporaryDirectory(prefix="ilit-mx-") as tmp:
+                _sym, params_file = self.save(os.path.join(tmp, "m"))
+                # dtype_source='saved': the INT8 weights keep their int8 dtype, as quantize_net_v2 does
+                block.collect_params().load(params_file, ctx=mx.cpu(), cast_dtype=True, dtype_source="saved")
+            block.hybridize(static_alloc=True, static_shape=True)
+            self._block = block
+        return self._block
+
+    def _labels(self, xs: Sequence[mx.nd.NDArray]) -> List[mx.nd.NDArray]:
+        if not self.label_names:
+            return []
+        key = tuple(x.shape for x in xs)
+        if key not in self._label_shapes:
+            arg_shapes, _, _ = self.symbol.infer_shape_partial(**{n: x.shape for n, x in zip(self.data_names, xs)})
+            shapes = dict(zip(self.symbol.list_arguments(), arg_shapes))
+            self._label_shapes[key] = [tuple(shapes[n]) for n in self.label_names]
+        return [mx.nd.zeros(s) for s in self._label_shapes[key]]
+
+    def __call__(self, *inputs: Any) -> Union[mx.nd.NDArray, List[mx.nd.NDArray]]:
+        """Run one batch; returns an NDArray (a list for several outputs), asynchronously like Gluon does."""
+        xs = as_nd_inputs(inputs[0] if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs)
+        if len(xs) != len(self.data_names):
+            raise ValueError(f"the model takes {len(self.data_names)} inputs {self.data_names}, got {len(xs)}")
+        return self._get_block()(*xs, *self._labels(xs))
+
+    def __repr__(self) -> str:
+        kind = "INT8" if self.meta.get("quantized") else "FP32"
+        return f"SymbolModel({kind}, inputs={self.data_names}, {len(self.params)} params)"
+
+
+def block_params(block: mx.gluon.HybridBlock, example_inputs: Any = None) -> Dict[str, mx.nd.NDArray]:
+    """The block's parameter values by name, running ``example_inputs`` once if some are not initialized yet."""
+    params = block.collect_params()
+    try:
+        return {name: p.data() for name, p in params.items()}
+    except mx.gluon.parameter.DeferredInitializationError:
+        if example_inputs is None:
+            raise ValueError("the Gluon block has parameters whose shapes are not known yet (deferred "
+                             "initialization): run it once on a batch before handing it to ilit") from None
+        block(*as_nd_inputs(example_inputs))
+        return {name: p.data() for name, p in params.items()}
+    except RuntimeError as exc:
+        raise ValueError(f"the Gluon block's parameters are not initialized ({exc}); call block.initialize() "
+                         "and train it first") from None
+
+
+def trace_block(block: mx.gluon.HybridBlock, n_inputs: Optional[int] = None) -> Tuple[mx.sym.Symbol, List[str]]:
+    """The block's symbolic graph, built by calling it on symbol variables named as ``HybridBlock.export`` does.
+
+    This neither hybridizes nor runs the user's block. ``n_inputs`` defaults to trying 1 to 8 inputs.
+    """
+    counts = [n_inputs] if n_inputs else list(range(1, 9))
+    last: Optional[Exception] = None
+    for n in counts:
+        names = ["data"] if n == 1 else [f"data{i}" for i in range(n)]
+        try:
+            out = block(*[mx.sym.var(name) for name in names])
+        except TypeError as exc:  # wrong number of inputs
+            last = exc
+            continue
+        if isinstance(out, (list, tuple)):
+            out = mx.sym.Group(list(out))
+        return out, names
+    raise ValueError(f"could not trace the Gluon block {type(block).__name__} with symbolic inputs: {last}")
+
+
+def to_symbol_model(block: mx.gluon.HybridBlock, example_inputs: Any = None) -> SymbolModel:
+    """A Gluon ``HybridBlock`` as an FP32 :class:`SymbolModel` (same graph and params as ``block.export``)."""
+    n = len(example_inputs) if isinstance(example_inputs, (list, tuple)) else (1 if example_inputs is not None else None)
+    symbol, names = trace_block(block, n)
+    values = block_params(block, example_inputs)
+    auxs = set(symbol.list_auxiliary_states())
+    arg = {k: v for k, v in values.items() if k not in auxs}
+    aux = {k: v for k, v in values.items() if k in auxs}
+    return SymbolModel(symbol, arg, aux, data_names=names)

@@ -1,0 +1,145 @@
+"""Shared fixtures: scikit-learn's digits, a trained Gluon conv net and a trained symbolic (Module) model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ilit
+import mxnet as mx
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+from sklearn.datasets import load_digits
+
+BATCH = 64
+
+
+class Top1(ilit.Metric):
+    """Top-1 accuracy over numpy logits and labels (a local metric until the suite uses ilit-metrics' topk)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, preds, labels) -> None:
+        preds = preds[0] if isinstance(preds, (list, tuple)) else preds
+        self.correct += int((np.asarray(preds).argmax(axis=1) == np.asarray(labels).astype(int)).sum())
+        self.total += len(labels)
+
+    def result(self) -> float:
+        return self.correct / max(self.total, 1)
+
+
+def batches(x: np.ndarray, y: np.ndarray, size: int = BATCH):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+@pytest.fixture(scope="session")
+def digits():
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]  # N x 1 x 8 x 8
+    y = d.target.astype(np.float32)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(x))
+    x, y = x[idx], y[idx]
+    return {"train": (x[:1300], y[:1300]), "test": (x[1300:], y[1300:])}
+
+
+@pytest.fixture(scope="session")
+def calib(digits):
+    x, y = digits["train"]
+    return batches(x, y, 32)
+
+
+@pytest.fixture(scope="session")
+def evalset(digits):
+    return batches(*digits["test"])
+
+
+def _train_gluon(net, x, y, epochs: int = 10) -> None:
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.003})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    rng = np.random.default_rng(1)
+    for _ in range(epochs):
+        perm = rng.permutation(len(x))
+        for i in range(0, len(x), BATCH):
+            sel = perm[i:i + BATCH]
+            xb, yb = mx.nd.array(x[sel]), mx.nd.array(y[sel])
+            with autograd.record():
+                loss = loss_fn(net(xb), yb)
+            loss.backward()
+            trainer.step(len(sel))
+    mx.nd.waitall()
+
+
+def make_gluon_net():
+    net = nn.HybridSequential(prefix="digits_")  # fixed names, whatever was built before
+    with net.name_scope():
+        net.add(nn.Conv2D(16, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                nn.Conv2D(32, 3, padding=1, activation="relu"), nn.MaxPool2D(2),
+                nn.Flatten(), nn.Dense(64, activation="relu"), nn.Dense(10))
+    return net
+
+
+@pytest.fixture(scope="session")
+def gluon_net(digits):
+    mx.random.seed(7)
+    net = make_gluon_net()
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    _train_gluon(net, *digits["train"])
+    return net
+
+
+GLUON_OPS = [
+    ("digits_conv0_fwd", "Convolution"),
+    ("digits_conv1_fwd", "Convolution"),
+    ("digits_pool0_fwd", "Pooling"),
+    ("digits_flatten0_flatten0", "Flatten"),
+    ("digits_dense0_fwd", "FullyConnected"),
+    ("digits_dense1_fwd", "FullyConnected"),
+]
+
+
+def symbolic_net() -> mx.sym.Symbol:
+    data = mx.sym.var("data")
+    x = mx.sym.Convolution(data, num_filter=16, kernel=(3, 3), pad=(1, 1), name="conv1")
+    x = mx.sym.Activation(x, act_type="relu", name="relu1")
+    x = mx.sym.Convolution(x, num_filter=16, kernel=(3, 3), pad=(1, 1), name="conv2")
+    x = mx.sym.Activation(x, act_type="relu", name="relu2")
+    x = mx.sym.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type="avg", name="pool1")
+    x = mx.sym.Flatten(x, name="flat")
+    x = mx.sym.FullyConnected(x, num_hidden=10, name="fc1")
+    return mx.sym.SoftmaxOutput(x, name="softmax")
+
+
+@pytest.fixture(scope="session")
+def module_model(digits):
+    """A bound, trained ``Module`` with a SoftmaxOutput head (its softmax_label is fed zeros at inference)."""
+    mx.random.seed(11)
+    x, y = digits["train"]
+    it = mx.io.NDArrayIter(x, y, batch_size=BATCH, shuffle=True, label_name="softmax_label")
+    mod = mx.mod.Module(symbolic_net(), data_names=["data"], label_names=["softmax_label"], context=mx.cpu())
+    mod.fit(it, num_epoch=10, optimizer="adam", optimizer_params={"learning_rate": 0.003},
+            initializer=mx.init.Xavier())
+    return mod
+
+
+def accuracy(adaptor, model, evalset) -> float:
+    return adaptor.evaluate(model, evalset, Top1())
+
+
+def make_adaptor(**conf):
+    from ilit_mxnet import MXNetAdaptor
+
+    return MXNetAdaptor(ilit.load_config({"framework": {"name": "mxnet"}, **conf}))
+
+
+def first_config(adaptor, model, conf=None):
+    """The first model-wise tune_cfg the tuning space proposes for ``model``."""
+    cfg = ilit.load_config({"framework": {"name": "mxnet"}, **(conf or {})})
+    space = ilit.TuningSpace.build(adaptor.query_fw_capability(model), cfg)
+    return space, space.model_wise_configs()[0]

@@ -1,0 +1,63 @@
+"""End to end: ilit.Tuner with the Basic strategy tunes the digits conv net to INT8 within 1% relative."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ilit
+from conftest import Top1, accuracy, make_adaptor
+from ilit_mxnet import SymbolModel, node_precisions
+
+
+def _eval_func(evalset):
+    ad = make_adaptor()
+    return lambda model: accuracy(ad, model, evalset)
+
+
+def test_basic_strategy_tunes_digits_within_one_percent(gluon_net, calib, evalset, tmp_path):
+    conf = {  # no framework.name: the adaptor is detected from the Gluon model
+        "calibration": {"iterations": [4]},
+        "tuning": {"strategy": "basic", "accuracy_criterion": {"relative": 0.01},
+                   "workspace": {"path": str(tmp_path / "ws")}},
+    }
+    tuner = ilit.Tuner(conf)
+    best = tuner.tune(gluon_net, calib, eval_func=_eval_func(evalset))
+    assert type(tuner.adaptor).__name__ == "MXNetAdaptor"
+    assert isinstance(best, SymbolModel)
+    assert "int8" in node_precisions(best).values()
+    assert tuner.best_trial is not None and tuner.best_trial.meets
+    base = tuner.baseline_accuracy
+    assert base > 0.9
+    acc = accuracy(make_adaptor(), best, evalset)
+    assert acc >= base * 0.99
+    assert abs(acc - tuner.best_trial.accuracy) < 1e-9
+    with open(tuner.history_path) as f:
+        hist = json.load(f)
+    assert hist["best"] == tuner.best_trial.trial
+    saved = make_adaptor().load(str(tmp_path / "ws" / "best_model"))
+    assert node_precisions(saved) == node_precisions(best)
+    assert accuracy(make_adaptor(), saved, evalset) == acc
+
+
+def test_tune_with_a_forced_fallback_and_a_metric(gluon_net, calib, evalset, tmp_path, monkeypatch):
+    from ilit import registry
+
+    real_load = registry.load
+    monkeypatch.setattr(registry, "load", lambda kind, name: Top1 if (kind, name) == ("metric", "top1")
+                        else real_load(kind, name))
+    conf = {
+        "framework": {"name": "mxnet"},
+        "calibration": {"iterations": [4], "algorithm": {"activation": "kl"}},
+        "tuning": {"metric": "top1", "accuracy_criterion": {"relative": 0.01},
+                   "ops": {"digits_dense1_fwd": {"activation": {"dtype": "fp32"}, "weight": {"dtype": "fp32"}}},
+                   "workspace": {"path": str(tmp_path / "ws")}},
+    }
+    tuner = ilit.Tuner(conf)
+    best = tuner.tune(gluon_net, calib, eval_dataloader=evalset)
+    prec = node_precisions(best)
+    assert prec["digits_dense1_fwd"] == "fp32"
+    assert [p for op, p in prec.items() if op != "digits_dense1_fwd"] == ["int8"] * 5
+    assert best.meta["calibration"] == "kl"
+    assert tuner.best_trial.accuracy >= tuner.baseline_accuracy * 0.99
+    assert os.path.isfile(tmp_path / "ws" / "best_model" / "model-symbol.json")
