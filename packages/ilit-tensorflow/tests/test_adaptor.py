@@ -188,7 +188,7 @@ def test_inspect_tensor_from_float_and_quantized(keras_model, calib_loader):
     import tensorflow as tf
 
     probe = tf.keras.Model(keras_model.inputs, conv.output)
-    np.testing.assert_allclose(f32[ops[0]][0], probe(x0).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(f32[ops[0]][0], probe([x0]).numpy(), rtol=1e-4, atol=1e-4)
     # the last op's output is the model's output (the reference kernels used for inspection may round
     # one step differently from XNNPACK's)
     from ai_edge_litert.interpreter import Interpreter

@@ -21,7 +21,7 @@ from .model import TFLiteModel
 from .ranges import ALGORITHMS, compute_range, subsample
 from .sources import Source, as_float_arrays, batch_inputs, is_saved_model_dir, make_source
 
-__all__ = ["TensorFlowAdaptor", "QAT_MESSAGE"]
+__all__ = ["TensorFlowAdaptor", "QAT_MESSAGE", "run_converter"]
 
 log = logging.getLogger("ilit.tensorflow")
 
@@ -115,7 +115,7 @@ class TensorFlowAdaptor(Adaptor):
         if prep is None:
             fw = self.config.framework
             source = make_source(model, fw.inputs, fw.outputs)
-            content = _convert(source.converter())
+            content = run_converter(source.converter())
             self.float_conversions += 1
             ops = fb.op_list(content)
             names = name_ops(content, ops, fb.STATIC_OPS)
@@ -208,7 +208,7 @@ class TensorFlowAdaptor(Adaptor):
             conv.representative_dataset = self._representative(dataloader, iterations)
             conv.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS_INT8]
             conv._experimental_calibrate_only = True  # the step QuantizationDebugger uses; quantized below
-            self._calibrated[key] = _convert(conv)
+            self._calibrated[key] = run_converter(conv)
         return self._calibrated[key]
 
     def _activation_samples(self, calibrated: bytes, dataloader: Iterable[Any], iterations: int,
@@ -263,7 +263,7 @@ class TensorFlowAdaptor(Adaptor):
             conv.optimizations = [tf().lite.Optimize.DEFAULT]
             conv._experimental_disable_per_channel = disable_pc
             conv._experimental_disable_per_channel_quantization_for_dense_layers = disable_dense_pc
-            self._dynamic[key] = _convert(conv)
+            self._dynamic[key] = run_converter(conv)
         return self._dynamic[key]
 
     # ------------------------------------------------------------------ running and files
@@ -313,8 +313,8 @@ class TensorFlowAdaptor(Adaptor):
 # ---------------------------------------------------------------------- helpers
 
 
-def _convert(converter: Any) -> bytes:
-    """Run a TFLite converter with its chatter (the SavedModel dump, calibration notes) kept off stdout."""
+def run_converter(converter: Any) -> bytes:
+    """Run a TFLite converter with its chatter (the SavedModel dump, calibration notes) kept off the terminal."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with _quiet_stdout():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
@@ -143,7 +144,7 @@ class SavedModelSource(Source):
 
 
 class FunctionSource(Source):
-    """A ``tf.function`` with an input signature; its captured variables are frozen into constants."""
+    """A ``tf.function`` with an input signature, converted through a SavedModel of it (variables frozen)."""
 
     kind = "function"
 
@@ -152,10 +153,20 @@ class FunctionSource(Source):
             raise ValueError("a tf.function needs an input_signature to be converted, e.g. "
                              "@tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 1], tf.float32)])")
         self.fn = fn
+        self._dir: Optional[tempfile.TemporaryDirectory] = None
 
     def converter(self) -> Any:
-        # no trackable object: the converter then freezes the captured variables into constants
-        return tf().lite.TFLiteConverter.from_concrete_functions([self.fn.get_concrete_function()])
+        # from_concrete_functions without a trackable object is deprecated, and with one it keeps the
+        # variables as resources; a SavedModel of the function (its variables tracked) converts cleanly.
+        tfm = tf()
+        if self._dir is None:
+            concrete = self.fn.get_concrete_function()
+            root = tfm.Module()
+            root.variables_ = list(concrete.variables)
+            root.fn = self.fn
+            self._dir = tempfile.TemporaryDirectory(prefix="ilit-tf-fn-")
+            tfm.saved_model.save(root, self._dir.name, signatures=concrete)
+        return tfm.lite.TFLiteConverter.from_saved_model(self._dir.name)
 
     def __call__(self, inputs: Any) -> Any:
         if isinstance(inputs, (list, tuple)):
