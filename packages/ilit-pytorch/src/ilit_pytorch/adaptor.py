@@ -1,0 +1,268 @@
+"""``PyTorchAdaptor``: real INT8 quantization of torch.nn models for ilit's tuning loop."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import weakref
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ilit import Adaptor, calibration_key
+from ilit.tune_cfg import TuneCfg, is_quantized
+
+from ._torch import require_torch
+
+torch = require_torch()
+from torch import nn  # noqa: E402
+
+from . import backend  # noqa: E402
+from .backend import DYNAMIC, QAT, STATIC  # noqa: E402
+from .calibration import (batch_inputs, call_model, collect_stats, load_stats, run_batches, stat_kinds,  # noqa: E402
+                          tapped_model)
+from .graph import Analysis, analyze, get_submodule, qconfig_entries, set_submodule  # noqa: E402
+from .serialize import load_model, save_model  # noqa: E402
+
+__all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
+
+log = logging.getLogger("ilit")
+
+WEIGHT_CAPABILITY = {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
+                     "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]}
+ACTIVATION_CAPABILITY = {
+    STATIC: {"dtype": ["uint8", "fp32"], "scheme": ["asym", "sym"], "granularity": ["per_tensor"],
+             "algorithm": ["minmax", "kl", "percentile"]},
+    QAT: {"dtype": ["uint8", "fp32"], "scheme": ["asym", "sym"], "granularity": ["per_tensor"], "algorithm": ["minmax"]},
+    # dynamic: activations are quantized at run time from each batch's own range
+    DYNAMIC: {"dtype": ["uint8", "fp32"], "scheme": ["asym"], "granularity": ["per_tensor"], "algorithm": ["minmax"]},
+}
+
+
+def _quiet_fast_path(model: nn.Module) -> None:
+    """Keep TransformerEncoderLayer off its fused fast path, which reads ``linear1.weight`` directly and so
+    breaks once the linears are swapped for quantized ones (a forward pre-hook disables that path)."""
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and not isinstance(m.linear1, nn.Linear):
+            m.register_forward_pre_hook(lambda _m, _a: None)
+
+
+class PyTorchAdaptor(Adaptor):
+    """Quantizes ``torch.nn.Module`` models to real INT8 (x86 kernels) with FX graph mode.
+
+    Approaches: post-training static (calibrated, op-wise fallback), post-training dynamic (Linear,
+    LSTM, GRU) and quantization-aware training (``q_func(model)`` trains the prepared model).
+    """
+
+    name = "pytorch"
+    model_modules = ("torch",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.calibration_batches = 0  # batches run to calibrate, counted so tests can check the cache
+        self.quantize_calls = 0
+        self._analyses: Dict[Tuple[int, bool], Tuple[Any, Analysis]] = {}
+        self._stats: Dict[Tuple[int, Any], Any] = {}
+        self._example: Any = None
+        self._warned_train = False
+
+    # ---------------------------------------------------------------- analysis
+    def _approach(self) -> str:
+        return self.config.quantization.approach
+
+    def analysis(self, model: nn.Module, is_qat: bool = False) -> Analysis:
+        """The units and ops of ``model`` (cached for the life of this adaptor)."""
+        key = (id(model), is_qat)
+        hit = self._analyses.get(key)
+        if hit is not None and hit[0]() is model:
+            return hit[1]
+        result = analyze(model, is_qat)
+        self._analyses[key] = (weakref.ref(model), result)
+        return result
+
+    def query_fw_capability(self, model: nn.Module) -> Dict[str, Any]:
+        approach = self._approach()
+        act = ACTIVATION_CAPABILITY[approach]
+        ops: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        if approach == DYNAMIC:
+            for name, module in model.named_modules():
+                op_type = backend.dynamic_op_type(module)
+                if op_type is not None:
+                    ops[(name, op_type)] = {"weight": dict(WEIGHT_CAPABILITY), "activation": dict(act)}
+        else:
+            for op in self.analysis(model, approach == QAT).ops.values():
+                cap = {"activation": dict(act)}
+                if op.weighted:
+                    cap["weight"] = dict(WEIGHT_CAPABILITY)
+                ops[(op.name, op.op_type)] = cap
+        return {"approaches": list(backend.APPROACHES), "op_wise": ops}
+
+    # ---------------------------------------------------------------- quantize
+    def quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],
+                 q_func: Optional[Callable[[Any], Any]] = None) -> nn.Module:
+        """A new INT8 model for ``tune_cfg``; ``model`` is never modified."""
+        self.quantize_calls += 1
+        approach = tune_cfg["approach"]
+        if approach == DYNAMIC:
+            return self._dynamic(tune_cfg, model)
+        if approach == QAT and q_func is None:
+            raise ValueError("quant_aware_training needs q_func(model), a function that trains the prepared model; "
+                             "pass it to tune(..., q_func=...)")
+        is_qat = approach == QAT
+        analysis = self.analysis(model, is_qat)
+        example = batch_inputs(next(iter(dataloader)))
+        self._example = example
+        q = copy.deepcopy(model).train(is_qat)
+        prepared: Dict[str, Any] = {}
+        for unit in analysis.units:
+            entries, any_q = qconfig_entries(unit, lambda op: backend.make_qconfig(tune_cfg["ops"][op], approach))
+            if not any_q:
+                continue
+            args = example if unit.prefix == "" else ()
+            args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+            p = backend.prepare(unit.module_in(q), entries, args, is_qat)
+            prepared[unit.prefix] = p
+            if unit.prefix == "":
+                q = p
+            else:
+                set_submodule(q, unit.prefix, p)
+        if not prepared:
+            return q.eval()
+        if is_qat:
+            q_func(q)  # type: ignore[misc]  # trains the prepared model in place
+            q.eval()
+        else:
+            q.eval()
+            self._calibrate(tune_cfg, model, analysis, prepared, q, dataloader)
+        for prefix, p in prepared.items():
+            c = backend.convert(p)
+            if prefix == "":
+                q = c
+            else:
+                set_submodule(q, prefix, c)
+        q.eval()
+        q._ilit_quantized = True
+        if not analysis.traceable:
+            _quiet_fast_path(q)
+            try:
+                with torch.no_grad():
+                    call_model(q, example)
+            except Exception as exc:  # noqa: BLE001 - the split model does not run: quantize Linears dynamically
+                log.warning("pytorch adaptor: the partly FX-quantized %s fails to run (%s: %s); falling back to "
+                            "dynamic quantization of its Linear layers", type(model).__name__, type(exc).__name__, exc)
+                return self._dynamic(tune_cfg, model, linear_only=True)
+        return q
+
+    def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
+                   q: nn.Module, dataloader: Iterable[Any]) -> None:
+        iterations = int(tune_cfg["calibration"]["iterations"])
+        key = (id(model), calibration_key(tune_cfg))
+        stats = self._stats.get(key)
+        if stats is None:
+            algos = {op["activation"].get("algorithm", "minmax") for op in tune_cfg["ops"].values()
+                     if is_quantized(op) and "activation" in op}
+            stats, ran = collect_stats(model, analysis, dataloader, iterations, stat_kinds(algos))
+            self.calibration_batches += ran
+            self._stats[key] = stats
+        if not load_stats(prepared, stats):
+            log.info("pytorch adaptor: an observer watches a node the cached statistics lack; calibrating this config")
+            self.calibration_batches += run_batches(q, dataloader, iterations)
+
+    def _dynamic(self, tune_cfg: TuneCfg, model: nn.Module, linear_only: bool = False) -> nn.Module:
+        modules = dict(model.named_modules())
+        spec = {}
+        for name, op in tune_cfg["ops"].items():
+            module = modules.get(name)
+            if module is None or backend.dynamic_op_type(module) is None or not is_quantized(op):
+                continue
+            if linear_only and not isinstance(module, nn.Linear):
+                continue
+            cfg = {"activation": {"dtype": "uint8"}, "weight": op.get("weight") or {}}
+            if cfg["weight"].get("dtype", "fp32") == "fp32":
+                continue
+            spec[name] = backend.make_qconfig(cfg, DYNAMIC)
+        q = backend.dynamic_quantize(model, spec)
+        _quiet_fast_path(q)
+        q._ilit_quantized = True
+        return q
+
+    # ---------------------------------------------------------------- running
+    def infer(self, model: Any, inputs: Any) -> Any:
+        if not self._warned_train and isinstance(model, nn.Module) and model.training:
+            self._warned_train = True
+            log.warning("pytorch adaptor: the model is in training mode (dropout/batch-norm updates); "
+                        "call model.eval() before tuning for a meaningful baseline")
+        self._example = inputs
+        with torch.inference_mode():
+            return call_model(model, inputs)
+
+    def inspect_tensor(self, model: Any, dataloader: Iterable[Any], op_list: Sequence[str],
+                       iteration_list: Sequence[int]) -> Dict[str, List[np.ndarray]]:
+        """Outputs of the named ops on the chosen batches, from an fp32 model (its fused graph, so a
+        conv's output is after its folded batch-norm and fused relu, as in the int8 model) or an int8 one."""
+        wanted = set(op_list)
+        out: Dict[str, List[np.ndarray]] = {name: [] for name in op_list}
+        current: Dict[str, np.ndarray] = {}
+        handles = []
+        fp32 = not getattr(model, "_ilit_quantized", False) and self._approach() != DYNAMIC
+        if fp32:
+            analysis = self.analysis(model, False)
+            node_to_op = {u.prefix: {op.node: op.name for op in u.ops.values() if op.name in wanted} for u in analysis.units}
+
+            def make_callback(prefix: str) -> Callable[[str, Any], None]:
+                names = node_to_op.get(prefix, {})
+
+                def record(node: str, value: Any) -> None:
+                    if node in names:
+                        current[names[node]] = value.float().numpy().copy()
+                return record
+            runner = tapped_model(model, analysis, make_callback)
+        else:
+            modules = dict(model.named_modules())
+            for name in op_list:
+                module = modules.get(name) or modules.get(f"{name}.m")
+                if module is None:
+                    continue
+
+                def hook(_m: Any, _i: Any, output: Any, name: str = name) -> None:
+                    t = output[0] if isinstance(output, tuple) else output
+                    current[name] = (t.dequantize() if t.is_quantized else t).float().numpy().copy()
+                handles.append(module.register_forward_hook(hook))
+            runner = model
+        try:
+            with torch.no_grad():
+                for i, batch in enumerate(dataloader):
+                    if i > max(iteration_list, default=-1):
+                        break
+                    if i not in iteration_list:
+                        continue
+                    current.clear()
+                    call_model(runner, batch_inputs(batch))
+                    for name in op_list:
+                        if name in current:
+                            out[name].append(current[name])
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    # ---------------------------------------------------------------- files
+    def save(self, model: Any, path: str) -> None:
+        save_model(model, path, self._example)
+
+    def load(self, path: str, model: Optional[nn.Module] = None) -> Any:
+        return load_model(path, model)
+
+    def fingerprint(self, model: Any) -> str:
+        """A hash of the class and every parameter and buffer (cheaper than saving the model)."""
+        h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+        for name, t in model.state_dict().items():
+            if not isinstance(t, torch.Tensor):
+                h.update(f"{name}={t!r}".encode())
+                continue
+            t = t.detach()
+            t = t.int_repr() if t.is_quantized else t
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()

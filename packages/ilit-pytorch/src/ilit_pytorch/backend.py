@@ -1,0 +1,260 @@
+"""The one module that knows which torch quantization stack ilit-pytorch drives.
+
+Today that is FX graph mode (``torch.ao.quantization.quantize_fx``) with the x86 backend, which runs
+real int8 kernels (fbgemm / oneDNN). Everything that would change when moving to torchao's PT2E path
+lives here: the engine, the observers and fake-quants built from a tune_cfg entry, tracing and fusion,
+prepare/convert, dynamic quantization and the patterns the backend quantizes. The rest of the package
+only sees GraphModules, observers and ``QConfig`` objects passed through.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import operator
+import os
+import warnings
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.ao.nn.intrinsic as nni
+from torch import nn
+from torch.ao.quantization import (
+    FakeQuantize,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+    QConfig,
+    QConfigMapping,
+    quantize_dynamic,
+)
+from torch.ao.quantization.backend_config import BackendConfig, ObservationType
+from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
+from torch.ao.quantization.fx.custom_config import FuseCustomConfig, PrepareCustomConfig
+from torch.ao.quantization.fx.tracer import QuantizationTracer
+from torch.ao.quantization.fx.utils import get_skipped_module_name_and_classes
+from torch.ao.quantization.observer import ObserverBase
+from torch.ao.quantization.quantize_fx import _fuse_fx, convert_fx, prepare_fx, prepare_qat_fx
+from torch.fx import GraphModule
+
+from .observers import PercentileObserver
+
+__all__ = [
+    "STATIC", "DYNAMIC", "QAT", "APPROACHES", "select_engine", "cpu_has_vnni", "activation_range",
+    "make_qconfig", "trace_and_fuse", "prepare", "convert", "dynamic_quantize", "weighted_op_type",
+    "dynamic_op_type", "functional_op_kind", "shares_input_observer", "is_observer", "HIST_OBSERVERS",
+]
+
+log = logging.getLogger("ilit")
+
+STATIC = "post_training_static_quant"
+DYNAMIC = "post_training_dynamic_quant"
+QAT = "quant_aware_training"
+APPROACHES = (STATIC, DYNAMIC, QAT)
+
+_QSCHEMES = {
+    ("sym", "per_tensor"): torch.per_tensor_symmetric,
+    ("asym", "per_tensor"): torch.per_tensor_affine,
+    ("sym", "per_channel"): torch.per_channel_symmetric,
+    ("asym", "per_channel"): torch.per_channel_affine,
+}
+#: activation calibration algorithm -> observer class (``kl`` is torch's histogram search, see README)
+_ACT_OBSERVERS = {"minmax": MinMaxObserver, "kl": HistogramObserver, "percentile": PercentileObserver}
+#: observers whose statistics are a histogram (the rest keep min/max)
+HIST_OBSERVERS = (HistogramObserver,)
+_WEIGHT_RANGE = (-128, 127)
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_DYNAMIC = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+_FUNCTIONAL = {operator.add: "add", torch.add: "add", torch.cat: "cat"}
+
+
+# ----------------------------------------------------------------------------- engine
+def select_engine() -> str:
+    """Make the quantized engine x86 (fbgemm/oneDNN dispatch), or fbgemm where x86 is missing."""
+    engines = torch.backends.quantized.supported_engines
+    for name in ("x86", "fbgemm", "onednn"):
+        if name in engines:
+            if torch.backends.quantized.engine != name:
+                torch.backends.quantized.engine = name
+            return name
+    raise RuntimeError(f"this torch build has no x86 int8 engine (it has {engines}); ilit-pytorch needs an x86 CPU build")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether the CPU has VNNI/AMX int8 dot products (without them u8*s8 sums saturate in int16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        pass
+    return False
+
+
+def activation_range() -> Tuple[int, int]:
+    """quint8 activation range: 7 bits (reduce_range) without VNNI, 8 bits with it.
+
+    ``ILIT_PYTORCH_REDUCE_RANGE=1`` (or ``0``) forces the choice, e.g. to build models for another CPU.
+    """
+    forced = os.environ.get("ILIT_PYTORCH_REDUCE_RANGE")
+    reduce = forced == "1" if forced in ("0", "1") else not cpu_has_vnni()
+    return (0, 127) if reduce else (0, 255)
+
+
+# ----------------------------------------------------------------------------- qconfigs
+def _activation(cfg: Mapping[str, str], qat: bool) -> Callable[..., Any]:
+    lo, hi = activation_range()
+    qscheme = _QSCHEMES[(cfg["scheme"], "per_tensor")]
+    if qat:
+        return FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=lo, quant_max=hi,
+                                      dtype=torch.quint8, qscheme=qscheme)
+    return _ACT_OBSERVERS[cfg["algorithm"]].with_args(dtype=torch.quint8, qscheme=qscheme, quant_min=lo, quant_max=hi)
+
+
+def _weight(cfg: Optional[Mapping[str, str]], qat: bool) -> Callable[..., Any]:
+    if not cfg or cfg.get("dtype", "fp32") == "fp32":
+        cfg = {"scheme": "sym", "granularity": "per_tensor"}  # ops without weights (add, cat) never use it
+    per_channel = cfg["granularity"] == "per_channel"
+    qscheme = _QSCHEMES[(cfg["scheme"], cfg["granularity"])]
+    lo, hi = _WEIGHT_RANGE
+    extra = {"ch_axis": 0} if per_channel else {}
+    if qat:
+        obs = MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver
+        return FakeQuantize.with_args(observer=obs, quant_min=lo, quant_max=hi, dtype=torch.qint8, qscheme=qscheme, **extra)
+    obs = PerChannelMinMaxObserver if per_channel else MinMaxObserver
+    return obs.with_args(dtype=torch.qint8, qscheme=qscheme, quant_min=lo, quant_max=hi, **extra)
+
+
+def make_qconfig(op_cfg: Mapping[str, Any], approach: str) -> Optional[QConfig]:
+    """The QConfig for one tune_cfg op entry, or None when the op falls back to fp32."""
+    act = op_cfg.get("activation", {})
+    weight = op_cfg.get("weight")
+    if act.get("dtype", "fp32") == "fp32" and (weight or {}).get("dtype", "fp32") == "fp32":
+        return None
+    if approach == DYNAMIC:
+        activation = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)
+        return QConfig(activation=activation, weight=_weight(weight, qat=False))
+    qat = approach == QAT
+    return QConfig(activation=_activation(act, qat), weight=_weight(weight, qat))
+
+
+# ----------------------------------------------------------------------------- graph mode
+@functools.lru_cache(maxsize=1)
+def backend_config() -> BackendConfig:
+    return get_x86_backend_config()
+
+
+@functools.lru_cache(maxsize=1)
+def _share_patterns() -> frozenset:
+    """Single-op patterns whose output shares the input's observer (pooling, relu, flatten, ...)."""
+    out = set()
+    for cfg in backend_config().configs:
+        if cfg.observation_type == ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT and not isinstance(cfg.pattern, tuple):
+            out.add(cfg.pattern)
+    return frozenset(out)
+
+
+def shares_input_observer(target: Any) -> bool:
+    """Whether a node with this target (module class, function or method name) just passes its input's qparams on."""
+    try:
+        return target in _share_patterns()
+    except TypeError:  # unhashable target
+        return False
+
+
+def weighted_op_type(module: nn.Module) -> Optional[str]:
+    """The op type reported for a (possibly fused) conv/linear module, or None if the backend cannot quantize it."""
+    if isinstance(module, nni._FusedModule):
+        return type(module).__name__ if isinstance(module[0], _WEIGHTED) else None
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return None  # MultiheadAttention reads its weight directly: it cannot be swapped
+    return type(module).__name__ if isinstance(module, _WEIGHTED) else None
+
+
+def dynamic_op_type(module: nn.Module) -> Optional[str]:
+    if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        return None
+    return type(module).__name__ if type(module) in _DYNAMIC else None
+
+
+def functional_op_kind(target: Any) -> Optional[str]:
+    """'add' or 'cat' for the functional ops reported as tunable, else None."""
+    try:
+        return _FUNCTIONAL.get(target)
+    except TypeError:
+        return None
+
+
+def is_observer(module: nn.Module) -> bool:
+    return isinstance(module, ObserverBase)
+
+
+def _quiet() -> warnings.catch_warnings:
+    """torch.ao.quantization warns that it is deprecated on every call; say it once in the README instead."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    return ctx
+
+
+def trace_and_fuse(module: nn.Module, is_qat: bool) -> Tuple[GraphModule, Dict[str, Tuple[str, Any]]]:
+    """Trace and fuse ``module`` exactly as ``prepare_fx`` will; also return each node's (module path, type).
+
+    ``module`` is consumed (fusion swaps its children): pass a copy.
+    """
+    ctx = _quiet()
+    try:
+        names, classes = get_skipped_module_name_and_classes(PrepareCustomConfig(), False)
+        tracer = QuantizationTracer(names, classes)
+        gm = GraphModule(module, tracer.trace(module))
+        fused = _fuse_fx(gm, is_qat, FuseCustomConfig(), backend_config())
+        return fused, dict(tracer.node_name_to_scope)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def prepare(module: nn.Module, entries: Iterable[Tuple[Any, ...]], example_inputs: Tuple[Any, ...], is_qat: bool) -> GraphModule:
+    """Insert observers (or fake-quants) per node. ``entries`` are ("name", module_name, qconfig) or
+    ("order", module_path, object_type, index, qconfig); everything else stays fp32 (global qconfig None)."""
+    mapping = QConfigMapping()
+    for kind, *args in entries:
+        if kind == "name":
+            mapping.set_module_name(*args)
+        else:
+            mapping.set_module_name_object_type_order(*args)
+    select_engine()
+    ctx = _quiet()
+    try:
+        fn = prepare_qat_fx if is_qat else prepare_fx
+        return fn(module, mapping, example_inputs, backend_config=backend_config())
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def convert(prepared: GraphModule) -> GraphModule:
+    """Lower a calibrated (or trained) prepared model to quantized kernels."""
+    select_engine()
+    ctx = _quiet()
+    try:
+        return convert_fx(prepared, backend_config=backend_config())
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def dynamic_quantize(model: nn.Module, qconfigs: Mapping[str, QConfig]) -> nn.Module:
+    """Eager dynamic quantization of the named Linear/LSTM/GRU modules (a new model)."""
+    select_engine()
+    ctx = _quiet()
+    try:
+        return quantize_dynamic(model, qconfig_spec=dict(qconfigs), inplace=False)
+    finally:
+        ctx.__exit__(None, None, None)

@@ -1,0 +1,194 @@
+"""What ilit can tune in a model: its FX-traceable units, their fused graphs, and the op names.
+
+A model FX can trace is one unit (prefix ``""``). A model it cannot trace (data-dependent control
+flow, real-world transformer code) is split into the largest traceable submodules; a lone conv or
+linear whose parent cannot be traced becomes a unit of its own, wrapped so it traces as a module call.
+Op names are the qualified module names (``layer1.0.conv1``), or ``<module>.add`` / ``<module>.cat``
+(``_1``, ``_2``, ... for the next ones) for the tensor additions and concatenations in a module's forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from torch import nn
+from torch.fx import GraphModule, Node
+
+from . import backend
+
+__all__ = ["Op", "Unit", "Analysis", "analyze", "qualify", "get_submodule", "set_submodule", "LeafWrapper",
+           "qconfig_entries"]
+
+log = logging.getLogger("ilit")
+
+
+def qualify(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else (prefix or name)
+
+
+def get_submodule(root: nn.Module, name: str) -> nn.Module:
+    return root if not name else root.get_submodule(name)
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, last = name.rpartition(".")
+    setattr(get_submodule(root, parent), last, module)
+
+
+class LeafWrapper(nn.Module):
+    """Holds one conv/linear so that FX sees a module call (and can fuse, observe and swap it)."""
+
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.m(x)
+
+
+@dataclass
+class Op:
+    """One tunable op: its reported name and type, and the node it is in its unit's fused graph."""
+
+    name: str
+    op_type: str
+    node: str
+    weighted: bool
+
+
+@dataclass
+class Unit:
+    """A traceable part of the model, analysed on a fused copy (the model itself is never touched)."""
+
+    prefix: str
+    leaf: bool
+    fused: GraphModule
+    scope: Dict[str, Tuple[str, Any]]
+    ops: Dict[str, Op] = field(default_factory=dict)
+
+    def module_in(self, root: nn.Module) -> nn.Module:
+        """This unit's module inside ``root`` (a copy of the model), wrapped if it is a leaf."""
+        mod = get_submodule(root, self.prefix)
+        return LeafWrapper(mod) if self.leaf else mod
+
+
+@dataclass
+class Analysis:
+    units: List[Unit]
+    traceable: bool  # the whole model traced as one unit
+
+    @property
+    def ops(self) -> Dict[str, Op]:
+        return {name: op for u in self.units for name, op in u.ops.items()}
+
+
+def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
+    work = copy.deepcopy(module)
+    work.train(is_qat)
+    fused, scope = backend.trace_and_fuse(LeafWrapper(work) if leaf else work, is_qat)
+    unit = Unit(prefix=prefix, leaf=leaf, fused=fused, scope=scope)
+    modules = dict(fused.named_modules(remove_duplicate=False))
+    seen: Dict[str, int] = defaultdict(int)
+    for node in fused.graph.nodes:
+        if node.op == "call_module":
+            op_type = backend.weighted_op_type(modules[node.target])
+            if op_type is None:
+                continue
+            local = "" if leaf else node.target
+            name = qualify(prefix, local)
+            if name not in unit.ops:
+                unit.ops[name] = Op(name, op_type, node.name, weighted=True)
+        elif node.op == "call_function":
+            kind = backend.functional_op_kind(node.target)
+            if kind is None or (kind == "add" and not all(isinstance(a, Node) for a in node.args[:2])):
+                continue
+            path = scope.get(node.name, ("", None))[0]
+            base = qualify(qualify(prefix, "" if leaf else path), kind)
+            k = seen[base]
+            seen[base] += 1
+            name = base if k == 0 else f"{base}_{k}"
+            unit.ops[name] = Op(name, kind, node.name, weighted=False)
+    return unit
+
+
+def analyze(model: nn.Module, is_qat: bool) -> Analysis:
+    """Find the units and ops of ``model``: one unit if FX traces it, else its traceable submodules."""
+    try:
+        return Analysis([_unit("", model, False, is_qat)], traceable=True)
+    except Exception as exc:  # noqa: BLE001 - any tracer failure means "split the model"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.info("pytorch adaptor: %s is not FX-traceable as a whole (%s: %s); quantizing its traceable "
+                 "submodules with FX instead", type(model).__name__, type(exc).__name__, reason[:200])
+    units: List[Unit] = []
+    untraced: List[str] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            name = qualify(prefix, child_name)
+            if backend.weighted_op_type(child) is not None:
+                units.append(_unit(name, child, True, is_qat))
+                continue
+            if not any(backend.weighted_op_type(m) is not None for m in child.modules()):
+                continue
+            try:
+                unit = _unit(name, child, False, is_qat)
+            except Exception:  # noqa: BLE001
+                untraced.append(name)
+                visit(child, name)
+                continue
+            if unit.ops:
+                units.append(unit)
+
+    visit(model, "")
+    log.info("pytorch adaptor: %d traceable submodule(s) quantized with FX: %s%s", len(units),
+             ", ".join(u.prefix for u in units[:8]) + (" ..." if len(units) > 8 else ""),
+             f"; not traceable, split further: {', '.join(untraced[:8])}" if untraced else "")
+    return Analysis(units, traceable=False)
+
+
+def qconfig_entries(unit: Unit, qconfig_of: Callable[[str], Any]) -> Tuple[List[Tuple[Any, ...]], bool]:
+    """The QConfigMapping entries that give each op of ``unit`` its qconfig (``qconfig_of(op_name)``).
+
+    Ops that only pass their input's quantization on (pooling, relu, flatten, ...) follow the op that
+    produces their input, so a fallback op's neighbours stay fp32 and a quantized op's stay int8.
+    Node order indices are counted exactly as ``prepare_fx`` counts them on the same fused graph.
+    Returns the entries and whether any op is quantized.
+    """
+    by_node = {op.node: op for op in unit.ops.values()}
+    modules = dict(unit.fused.named_modules(remove_duplicate=False))
+    counters: Dict[Tuple[str, Any], int] = defaultdict(int)
+    assigned: Dict[str, Any] = {}
+    entries: List[Tuple[Any, ...]] = []
+    any_quantized = False
+    for node in unit.fused.graph.nodes:
+        key: Optional[Tuple[Any, ...]] = None
+        share = False
+        if node.op == "call_module":
+            path, typ = unit.scope.get(node.name, (node.target, type(modules[node.target])))
+            parent = path.rpartition(".")[0]
+            idx = counters[(parent, typ)]
+            counters[(parent, typ)] += 1
+            key = ("order", parent, typ, idx)
+            share = backend.shares_input_observer(type(modules[node.target]))
+        elif node.op == "call_function":
+            path = unit.scope.get(node.name, ("", None))[0]
+            idx = counters[(path, node.target)]
+            counters[(path, node.target)] += 1
+            key = ("order", path, node.target, idx)
+            share = backend.shares_input_observer(node.target)
+        qc = None
+        op = by_node.get(node.name)
+        if op is not None:
+            qc = qconfig_of(op.name)
+            any_quantized |= qc is not None
+            entries.append(("name", node.target, qc) if node.op == "call_module" else (*key, qc))  # type: ignore[misc]
+        elif key is not None and share and node.args and isinstance(node.args[0], Node):
+            qc = assigned.get(node.args[0].name)
+            if qc is not None:
+                entries.append((*key, qc))
+        assigned[node.name] = qc
+    return entries, any_quantized

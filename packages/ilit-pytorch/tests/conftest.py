@@ -1,0 +1,206 @@
+"""Models and data for the ilit-pytorch tests: real digits data (shipped with scikit-learn), small nets."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore", message=".*deprecated.*")
+
+
+class DigitsCNN(nn.Module):
+    """conv-bn-relu x3 with pooling, then two linears: the shape of the demo's model."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.fc1 = nn.Linear(4 * w * 4, 256)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc2(self.relu(self.fc1(torch.flatten(self.features(x), 1))))
+
+
+class ResidualNet(nn.Module):
+    """A residual add and a concatenation, so functional ops are tunable too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.conv_a = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.conv_b = nn.Conv2d(16, 16, 1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32 * 4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.relu(self.bn_a(self.conv_a(x)) + x)
+        z = torch.cat([y, self.conv_b(y)], 1)
+        return self.fc(torch.flatten(self.pool(z), 1))
+
+
+class Gate(nn.Module):
+    """Data-dependent control flow: FX cannot trace it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return torch.relu(self.proj(x))
+        return self.proj(x)
+
+
+class UntraceableNet(nn.Module):
+    """A traceable conv stem, a data-dependent gate, then a real transformer encoder and a head."""
+
+    def __init__(self, batch_first: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU())
+        self.gate = Gate(32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.batch_first = batch_first
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        f = self.stem(x)                              # (N, 32, 8, 8)
+        seq = f.flatten(2).transpose(1, 2)            # (N, 64, 32)
+        seq = self.gate(seq)
+        if not self.batch_first:
+            seq = seq.transpose(0, 1)
+        seq = self.encoder(seq)
+        if not self.batch_first:
+            seq = seq.transpose(0, 1)
+        return self.head(seq.mean(1))
+
+
+class RecurrentNet(nn.Module):
+    """Rows of a digit as a sequence: Linear, LSTM, GRU, Linear (the dynamic approach's ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 32)
+        self.lstm = nn.LSTM(32, 32, batch_first=True)
+        self.gru = nn.GRU(32, 32, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        seq = x.reshape(x.shape[0], 8, 8)
+        h, _ = self.lstm(torch.relu(self.embed(seq)))
+        h, _ = self.gru(h)
+        return self.head(h[:, -1])
+
+
+class Accuracy:
+    """Argmax accuracy on numpy arrays (the tests' own metric, besides ilit-metrics' topk)."""
+
+    higher_is_better = True
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = self.total = 0
+
+    def update(self, preds, labels) -> None:
+        self.correct += int((np.asarray(preds).argmax(1) == np.asarray(labels)).sum())
+        self.total += len(labels)
+
+    def result(self) -> float:
+        return self.correct / max(self.total, 1)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(y), generator=g)
+    return x[perm], y[perm]
+
+
+def batches(x, y, size):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+
+
+def train(model: nn.Module, data, epochs: int, lr: float = 3e-3) -> nn.Module:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in data:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(train batches, test batches) of scikit-learn's digits, 8x8 images scaled to [0, 1]."""
+    x, y = _digits()
+    return batches(x[:1300], y[:1300], 64), batches(x[1300:], y[1300:], 100)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits):
+    torch.manual_seed(0)
+    return train(DigitsCNN(width=16), digits[0], epochs=3)
+
+
+@pytest.fixture(autouse=True)
+def _ilit_logs(caplog):
+    caplog.set_level(logging.INFO, logger="ilit")
+    yield
+
+
+def accuracy(model, data) -> float:
+    m = Accuracy()
+    with torch.no_grad():
+        for xb, yb in data:
+            m.update(model(xb).numpy(), yb.numpy())
+    return m.result()
+
+
+def make_adaptor(conf=None):
+    """A PyTorchAdaptor for a config dict (framework pytorch, 2 calibration batches unless given)."""
+    from ilit import load_config
+    from ilit_pytorch import PyTorchAdaptor
+
+    conf = dict(conf or {})
+    conf.setdefault("framework", {"name": "pytorch"})
+    conf.setdefault("calibration", {"iterations": 2})
+    return PyTorchAdaptor(load_config(conf))
+
+
+def space_for(adaptor, model):
+    from ilit.space import TuningSpace
+
+    return TuningSpace.build(adaptor.query_fw_capability(model), adaptor.config)
+
+
+def uniform_cfg(adaptor, model, weight=None, activation=None, iterations=2, fallback=()):
+    """A tune_cfg giving every op the same choice (defaults: sym per-channel int8 weights, asym minmax uint8)."""
+    space = space_for(adaptor, model)
+    w = {"dtype": "int8", "scheme": "sym", "granularity": "per_channel", "algorithm": "minmax", **(weight or {})}
+    a = {"dtype": "uint8", "scheme": "asym", "granularity": "per_tensor", "algorithm": "minmax", **(activation or {})}
+    cfg = space.make_config({"weight": w, "activation": a}, iterations)
+    return space.with_fallback(cfg, fallback) if fallback else cfg

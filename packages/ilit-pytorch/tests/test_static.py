@@ -1,0 +1,148 @@
+"""Post-training static quantization: capability, per-op choices, fallback and calibration reuse."""
+
+import copy
+
+import pytest
+import torch
+from torch.ao.nn import quantized as nnq
+from torch.ao.nn.intrinsic import quantized as nniq
+
+from conftest import DigitsCNN, ResidualNet, accuracy, make_adaptor, uniform_cfg
+
+from ilit_pytorch import backend
+from ilit_pytorch.observers import PercentileObserver
+
+
+def _qconv(model, name):
+    return model.get_submodule(name)
+
+
+def test_capability_lists_fused_and_functional_ops_with_their_choices():
+    model = ResidualNet().eval()
+    cap = make_adaptor().query_fw_capability(model)
+    ops = cap["op_wise"]
+    assert list(ops) == [("stem.0", "ConvReLU2d"), ("conv_a", "Conv2d"), ("add", "add"), ("conv_b", "Conv2d"),
+                         ("cat", "cat"), ("fc", "Linear")]
+    conv = ops[("conv_a", "Conv2d")]
+    assert conv["weight"] == {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
+                              "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]}
+    assert conv["activation"]["algorithm"] == ["minmax", "kl", "percentile"]
+    assert conv["activation"]["scheme"] == ["asym", "sym"]
+    assert "weight" not in ops[("add", "add")] and "fp32" in ops[("add", "add")]["activation"]["dtype"]
+    assert set(cap["approaches"]) == {backend.STATIC, backend.DYNAMIC, backend.QAT}
+
+
+def test_int8_model_runs_real_quantized_kernels(trained_cnn, digits):
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])
+    kinds = {type(m) for m in q.modules()}
+    assert nniq.ConvReLU2d in kinds and nnq.Linear in kinds or nniq.LinearReLU in kinds
+    assert "torch.quantize_per_tensor" in q.code
+    out = q(digits[1][0][0])
+    assert out.dtype == torch.float32
+    assert accuracy(q, digits[1]) >= accuracy(trained_cnn, digits[1]) - 0.03
+
+
+def test_weight_granularity_changes_the_converted_weights(trained_cnn, digits):
+    adaptor = make_adaptor()
+    pc = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, weight={"granularity": "per_channel"}), trained_cnn, digits[0])
+    pt = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, weight={"granularity": "per_tensor"}), trained_cnn, digits[0])
+    assert _qconv(pc, "features.0").weight().qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+    assert _qconv(pt, "features.0").weight().qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
+
+
+def test_weight_scheme_changes_zero_points(trained_cnn, digits):
+    adaptor = make_adaptor()
+    for gran, zps in (("per_channel", lambda w: w.q_per_channel_zero_points()),
+                      ("per_tensor", lambda w: torch.tensor([w.q_zero_point()]))):
+        sym = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, weight={"scheme": "sym", "granularity": gran}),
+                               trained_cnn, digits[0])
+        asym = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, weight={"scheme": "asym", "granularity": gran}),
+                                trained_cnn, digits[0])
+        for name in ("features.0", "features.3", "fc1"):
+            assert torch.all(zps(_qconv(sym, name).weight()) == 0), (gran, name)
+        assert any(torch.any(zps(_qconv(asym, name).weight()) != 0) for name in ("features.0", "features.3", "fc1")), gran
+
+
+def test_activation_scheme_changes_output_zero_point(trained_cnn, digits):
+    adaptor = make_adaptor()
+    lo, hi = backend.activation_range()
+    sym = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, activation={"scheme": "sym"}), trained_cnn, digits[0])
+    asym = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, activation={"scheme": "asym"}), trained_cnn, digits[0])
+    # conv+bn+relu outputs are >= 0: asymmetric uses zero point 0, symmetric the middle of the range
+    assert int(_qconv(asym, "features.0").zero_point) == 0
+    assert int(_qconv(sym, "features.0").zero_point) == (lo + hi) // 2
+    assert float(_qconv(sym, "features.0").scale) > float(_qconv(asym, "features.0").scale)
+
+
+def test_calibration_algorithm_changes_the_activation_ranges(trained_cnn, digits):
+    adaptor = make_adaptor()
+    scales = {}
+    for algo in ("minmax", "kl", "percentile"):
+        q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, activation={"algorithm": algo}), trained_cnn, digits[0])
+        scales[algo] = [float(_qconv(q, n).scale) for n in ("features.0", "features.3", "features.7", "fc1", "fc2")]
+    assert scales["kl"] != scales["minmax"]
+    assert scales["percentile"] != scales["minmax"]
+    # clipping outliers never widens a range
+    assert all(p <= m * 1.0001 for p, m in zip(scales["percentile"], scales["minmax"]))
+    qc = backend.make_qconfig({"activation": {"dtype": "uint8", "scheme": "asym", "granularity": "per_tensor",
+                                              "algorithm": "percentile"}}, backend.STATIC)
+    assert isinstance(qc.activation(), PercentileObserver)
+
+
+def test_a_fallback_op_really_runs_in_fp32(trained_cnn, digits):
+    adaptor = make_adaptor()
+    cfg = uniform_cfg(adaptor, trained_cnn, fallback=["features.3"])
+    q = adaptor.quantize(cfg, trained_cnn, digits[0])
+    conv = q.get_submodule("features.3")
+    # a float conv (its batch-norm folded in, its relu fused), no quantized module
+    assert isinstance(conv, torch.ao.nn.intrinsic.ConvReLU2d) and conv[0].weight.dtype == torch.float32
+    seen = {}
+    h = conv.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+    q(digits[1][0][0])
+    h.remove()
+    assert not seen["inp"].is_quantized and not seen["out"].is_quantized
+    assert isinstance(q.get_submodule("features.0"), nniq.ConvReLU2d)  # its neighbours stay int8
+    assert isinstance(q.get_submodule("features.7"), nniq.ConvReLU2d)
+
+
+def test_functional_ops_are_tunable_too():
+    model = ResidualNet().eval()
+    data = [(torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    adaptor = make_adaptor()
+    both = adaptor.quantize(uniform_cfg(adaptor, model), model, data)
+    assert "quantized.add" in both.code and "torch.cat" in both.code
+    no_add = adaptor.quantize(uniform_cfg(adaptor, model, fallback=["add"]), model, data)
+    assert "quantized.add" not in no_add.code
+    assert isinstance(no_add.get_submodule("conv_a"), nnq.Conv2d)
+
+
+def test_calibration_statistics_are_reused_not_rerun(trained_cnn, digits):
+    adaptor = make_adaptor({"calibration": {"iterations": 3}})
+    cfgs = [uniform_cfg(adaptor, trained_cnn, iterations=3),
+            uniform_cfg(adaptor, trained_cnn, iterations=3, weight={"scheme": "asym", "granularity": "per_tensor"}),
+            uniform_cfg(adaptor, trained_cnn, iterations=3, activation={"scheme": "sym"}),
+            uniform_cfg(adaptor, trained_cnn, iterations=3, fallback=["features.3", "fc2"])]
+    models = [adaptor.quantize(c, trained_cnn, digits[0]) for c in cfgs]
+    assert adaptor.calibration_batches == 3  # one pass for all four configs
+    adaptor.quantize(uniform_cfg(adaptor, trained_cnn, iterations=3, activation={"algorithm": "kl"}), trained_cnn, digits[0])
+    assert adaptor.calibration_batches == 6  # a new algorithm needs new statistics
+    adaptor.quantize(uniform_cfg(adaptor, trained_cnn, iterations=2), trained_cnn, digits[0])
+    assert adaptor.calibration_batches == 8  # so does another batch count
+    # the reused statistics give exactly the model a fresh calibration gives
+    fresh = make_adaptor({"calibration": {"iterations": 3}})
+    for cfg, cached in zip(cfgs[2:], models[2:]):
+        alone = fresh.quantize(cfg, trained_cnn, digits[0])
+        x = digits[1][0][0]
+        assert torch.equal(alone(x), cached(x))
+
+
+def test_the_users_model_is_never_modified(trained_cnn, digits):
+    before = copy.deepcopy(trained_cnn.state_dict())
+    types = [type(m) for m in trained_cnn.modules()]
+    adaptor = make_adaptor()
+    adaptor.quantize(uniform_cfg(adaptor, trained_cnn, fallback=["fc1"]), trained_cnn, digits[0])
+    assert [type(m) for m in trained_cnn.modules()] == types
+    assert not trained_cnn.training
+    for k, v in trained_cnn.state_dict().items():
+        assert torch.equal(v, before[k]), k
