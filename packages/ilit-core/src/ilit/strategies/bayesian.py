@@ -1,0 +1,318 @@
+"""``bayesian``: Gaussian-process search over every op's choices, fp32 fallback included.
+
+What it optimizes: the share of ops that run quantized (each fallback costs speed and size),
+subject to the accuracy goal. A Gaussian process (scikit-learn's ``GaussianProcessRegressor``)
+models each config's accuracy margin over the goal's threshold; the number of quantized ops of a
+candidate is known exactly. Candidates are scored by constrained expected improvement: the
+improvement in quantized ops over the best config meeting the goal so far, times the GP's
+probability that the candidate meets the goal. Before any config meets it, that is the
+probability of meeting it weighted by how much the candidate quantizes.
+
+The search space: one categorical dimension per op (its quantization choices, and fp32 when the op
+may fall back), plus the calibration batch count when several are allowed. The GP sees each op's
+choice one-hot encoded field by field (fallback, then each weight/activation field that varies),
+so what it learns about, say, ``asym`` on one op carries over between that op's choices.
+
+It starts with the most-preferred model-wise config and a few seeded random configs, then scores a
+pool of candidates each step: every unevaluated config when the space is small, else seeded random
+configs plus local moves around the best configs so far. It is a deterministic function of the
+seed (``tuning.random_seed``) and the observed results, so a resumed run replays exactly. It never
+proposes a config already evaluated, and ends when the space is exhausted (the tuner's
+``max_trials`` and ``timeout`` also end it).
+
+Needs scikit-learn: ``pip install 'ilit-core[bayesian]'``. It is imported only when this strategy runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..config import TENSOR_FIELDS
+from ..strategy import Strategy, TrialResult
+from ..tune_cfg import TuneCfg
+
+__all__ = ["BayesianStrategy", "require_sklearn"]
+
+INSTALL_HINT = "pip install 'ilit-core[bayesian]'"
+
+
+def require_sklearn() -> Any:
+    """Import scikit-learn's Gaussian-process module, or say how to install it."""
+    try:
+        from sklearn import gaussian_process
+    except ImportError as exc:
+        raise ImportError(f"the 'bayesian' tuning strategy needs scikit-learn, which is not installed: "
+                          f"{INSTALL_HINT} (or choose tuning.strategy basic or mse)") from exc
+    return gaussian_process
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return 0.5 * (1.0 + np.vectorize(erf)(z / math.sqrt(2.0)))
+
+
+class BayesianStrategy(Strategy):
+    """Constrained expected improvement with a Gaussian process over per-op categorical choices."""
+
+    #: seeded random configs tried after the preferred model-wise config, before the GP takes over
+    n_initial: int = 3
+    #: random candidates scored per step when the space is too big to score whole
+    pool_size: int = 512
+    #: spaces with at most this many configs are scored exhaustively
+    enumerate_limit: int = 4096
+    #: random configs fall back each op with a probability drawn from [0, this)
+    max_fallback_rate: float = 0.5
+
+    @classmethod
+    def check(cls, adaptor: Any) -> None:
+        super().check(adaptor)
+        require_sklearn()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sp = self.space
+        self._ops = sp.ops
+        self._choices = [sp.op_choices[op] for op in self._ops]
+        self._iters = list(sp.iterations) or [1]
+        self._fp32 = np.array([next((i for i, c in enumerate(ch) if c["activation"]["dtype"] == "fp32"), -1)
+                               for ch in self._choices])
+        self._sizes = np.array([len(ch) for ch in self._choices] + [len(self._iters)])
+        self._tables = [self._op_table(ch, fp) for ch, fp in zip(self._choices, self._fp32)]
+        self._tables.append(np.eye(len(self._iters)) if len(self._iters) > 1 else np.zeros((1, 0)))
+        self.space_size = int(np.prod([float(s) for s in self._sizes]))  # float: huge spaces must not overflow
+        self._n_varying = max(1, int(sum(1 for ch in self._choices if len(ch) > 1)))
+
+    # ------------------------------------------------------------------ encoding
+    @staticmethod
+    def _op_table(choices: Sequence[Dict[str, Any]], fp32: int) -> np.ndarray:
+        """One row per choice: [is fp32] + one-hot of each weight/activation field that varies."""
+        if len(choices) <= 1:
+            return np.zeros((len(choices), 0))
+        quant = [c for i, c in enumerate(choices) if i != fp32]
+        columns: List[Tuple[str, str, str]] = []
+        for part in ("weight", "activation"):
+            for fld in TENSOR_FIELDS:
+                values = sorted({c.get(part, {}).get(fld) for c in quant} - {None})
+                if len(values) > 1:
+                    columns += [(part, fld, v) for v in values]
+        rows = []
+        for i, c in enumerate(choices):
+            row = [1.0 if i == fp32 else 0.0]
+            row += [1.0 if i != fp32 and c.get(part, {}).get(fld) == v else 0.0 for part, fld, v in columns]
+            rows.append(row)
+        return np.asarray(rows, dtype=float)
+
+    def features(self, vecs: np.ndarray) -> np.ndarray:
+        """The GP's inputs for index vectors (one row per config)."""
+        vecs = np.atleast_2d(vecs)
+        return np.hstack([self._tables[j][vecs[:, j]] for j in range(len(self._tables))])
+
+    def encode(self, tune_cfg: TuneCfg) -> Optional[np.ndarray]:
+        """The index vector of a tune_cfg from this space, or None if it is not one."""
+        vec = []
+        for op, choices in zip(self._ops, self._choices):
+            body = {k: v for k, v in tune_cfg["ops"].get(op, {}).items() if k != "op_type"}
+            try:
+                vec.append(choices.index(body))
+            except ValueError:
+                return None
+        try:
+            vec.append(self._iters.index(int(tune_cfg["calibration"]["iterations"])))
+        except ValueError:
+            return None
+        return np.asarray(vec, dtype=np.int64)
+
+    def decode(self, vec: np.ndarray) -> TuneCfg:
+        """The tune_cfg of an index vector."""
+        op_cfgs = {op: self._choices[j][int(vec[j])] for j, op in enumerate(self._ops)}
+        return self.space.make_config(self.space.global_choices[0], self._iters[int(vec[-1])], op_cfgs=op_cfgs)
+
+    def quantized_share(self, vecs: np.ndarray) -> np.ndarray:
+        """The fraction of ops each config keeps quantized (what this strategy maximizes)."""
+        vecs = np.atleast_2d(vecs)
+        return (vecs[:, :-1] != self._fp32[None, :]).sum(axis=1) / len(self._ops)
+
+    def _all_fp32(self, vecs: np.ndarray) -> np.ndarray:
+        return np.all(vecs[:, :-1] == self._fp32[None, :], axis=1)
+
+    # ------------------------------------------------------------------ the search
+    def configs(self) -> Iterator[TuneCfg]:
+        require_sklearn()
+        rng = np.random.default_rng(self.context.seed)
+        self._X: List[np.ndarray] = []
+        self._R: List[TrialResult] = []
+        self._seen: set = set()
+
+        def propose(vec: np.ndarray) -> Iterator[TuneCfg]:
+            self._seen.add(vec.tobytes())
+            yield self.decode(vec)
+            if self.last is not None:
+                self._X.append(vec)
+                self._R.append(self.last)
+
+        preferred = self.space.model_wise_configs()
+        self._preferred = self.encode(preferred[0]) if preferred else None
+        if self._preferred is not None and not self._all_fp32(self._preferred[None, :])[0]:
+            yield from propose(self._preferred)
+        for _ in range(self.n_initial):
+            vec = self._random_new(rng)
+            if vec is None:
+                break
+            yield from propose(vec)
+        while len(self._seen) < self.space_size:
+            vec = self._next(rng)
+            if vec is None:
+                return
+            yield from propose(vec)
+
+    def _random(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` seeded random configs, each with its own fallback rate in [0, max_fallback_rate)."""
+        out = np.empty((n, len(self._sizes)), dtype=np.int64)
+        for j, size in enumerate(self._sizes):
+            out[:, j] = rng.integers(0, size, n)
+        rate = rng.uniform(0.0, self.max_fallback_rate, n)
+        for j, fp in enumerate(self._fp32):
+            if fp < 0 or self._sizes[j] <= 1:
+                continue
+            n_quant = self._sizes[j] - 1
+            quant = rng.integers(0, n_quant, n)
+            quant = np.where(quant >= fp, quant + 1, quant)  # a random quantized choice
+            out[:, j] = np.where(rng.uniform(size=n) < rate, fp, quant)
+        return out
+
+    def _random_new(self, rng: np.random.Generator) -> Optional[np.ndarray]:
+        for _ in range(64):
+            vec = self._random(rng, 1)[0]
+            if vec.tobytes() not in self._seen and not self._all_fp32(vec[None, :])[0]:
+                return vec
+        pool = self._pool(rng)
+        return pool[0] if len(pool) else None
+
+    def _enumerate(self) -> np.ndarray:
+        return np.array(list(itertools.product(*(range(int(s)) for s in self._sizes))), dtype=np.int64)
+
+    def _local_moves(self, rng: np.random.Generator, anchor: np.ndarray) -> List[np.ndarray]:
+        """Configs one or a few op changes away from ``anchor``."""
+        moves: List[np.ndarray] = []
+        pref = self._preferred
+        for j, size in enumerate(self._sizes):
+            if size <= 1:
+                continue
+            fp = self._fp32[j] if j < len(self._fp32) else -1
+            v = anchor.copy()
+            if fp >= 0 and anchor[j] == fp:  # quantize it, preferably with the preferred choice
+                v[j] = pref[j] if pref is not None and pref[j] != fp else (fp + 1) % size
+            elif fp >= 0:
+                v[j] = fp
+            else:
+                v[j] = (anchor[j] + 1) % size
+            moves.append(v)
+            w = anchor.copy()
+            w[j] = rng.integers(0, size)
+            moves.append(w)
+        fallen = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and anchor[j] == self._fp32[j]]
+        quantized = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and anchor[j] != self._fp32[j]]
+        for _ in range(4 * len(self._ops)):
+            v = anchor.copy()
+            if fallen and (not quantized or rng.uniform() < 0.5):  # quantize several fallen ops at once
+                k = int(rng.integers(1, len(fallen) + 1))
+                for j in rng.choice(fallen, size=k, replace=False):
+                    v[j] = pref[j] if pref is not None and pref[j] != self._fp32[j] else (self._fp32[j] + 1) % self._sizes[j]
+            elif quantized:  # fall back several quantized ops at once
+                k = int(rng.integers(1, min(len(quantized), 4) + 1))
+                for j in rng.choice(quantized, size=k, replace=False):
+                    v[j] = self._fp32[j]
+            moves.append(v)
+        return moves
+
+    def _anchors(self) -> List[np.ndarray]:
+        """The configs to search around: the best meeting the goal, and the closest to meeting it."""
+        if not self._X:
+            return []
+        X = np.asarray(self._X)
+        q = self.quantized_share(X)
+        margin = self._margins()
+        anchors: List[np.ndarray] = []
+        meets = np.array([r.meets for r in self._R])
+        if meets.any():
+            idx = np.flatnonzero(meets)
+            best = idx[np.lexsort((-margin[idx], -q[idx]))[0]]
+            anchors.append(X[best])
+        for i in np.argsort(-margin, kind="stable")[:3]:
+            anchors.append(X[i])
+        return anchors
+
+    def _pool(self, rng: np.random.Generator) -> np.ndarray:
+        """Unevaluated candidate configs, in a deterministic order."""
+        if self.space_size <= self.enumerate_limit:
+            cands = self._enumerate()
+        else:
+            parts = [self._random(rng, self.pool_size)]
+            for anchor in self._anchors():
+                parts.append(np.asarray(self._local_moves(rng, anchor), dtype=np.int64))
+            cands = np.vstack(parts)
+        out, keys = [], set(self._seen)
+        for v in cands:
+            k = v.tobytes()
+            if k in keys:
+                continue
+            keys.add(k)
+            out.append(v)
+        pool = np.asarray(out, dtype=np.int64).reshape(-1, len(self._sizes))
+        return pool[~self._all_fp32(pool)] if len(pool) else pool
+
+    def _margins(self) -> np.ndarray:
+        """Each observed config's accuracy margin over the goal, relative to the baseline (higher = better)."""
+        ctx = self.context
+        crit = self.config.tuning.accuracy_criterion
+        thr = crit.threshold(ctx.baseline, ctx.higher_is_better)
+        scale = max(abs(ctx.baseline), 1e-12)
+        accs = np.array([r.accuracy for r in self._R], dtype=float)
+        m = (accs - thr) / scale if ctx.higher_is_better else (thr - accs) / scale
+        bad = ~np.isfinite(m)
+        if bad.any():  # a failed trial: worse than anything observed
+            finite = m[~bad]
+            m[bad] = (finite.min() - max(1.0, float(np.ptp(finite)))) if finite.size else -1.0
+        return m
+
+    def _fit(self) -> Any:
+        gp_mod = require_sklearn()
+        k = gp_mod.kernels
+        X = self.features(np.asarray(self._X))
+        kernel = (k.ConstantKernel(1.0, (1e-3, 1e3)) * k.DotProduct(1.0, (1e-3, 1e3))
+                  + k.ConstantKernel(1.0, (1e-3, 1e3)) * k.Matern(math.sqrt(max(X.shape[1], 1)), (1e-2, 1e3), nu=2.5)
+                  + k.WhiteKernel(1e-3, (1e-6, 1e-1)))
+        gp = gp_mod.GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
+                                             random_state=int(self.context.seed) % (2 ** 32))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gp.fit(X, self._margins())
+        return gp
+
+    def acquisition(self, gp: Any, pool: np.ndarray) -> np.ndarray:
+        """Constrained expected improvement of each candidate (see the module docstring)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mu, sd = gp.predict(self.features(pool), return_std=True)
+        p_meet = _normal_cdf(mu / np.maximum(sd, 1e-9))
+        q = self.quantized_share(pool)
+        met = [self.quantized_share(x[None, :])[0] for x, r in zip(self._X, self._R) if r.meets]
+        q_best = max(met) if met else 0.0
+        step = 0.5 / len(self._ops)  # a candidate as quantized as the best still has a small value
+        return p_meet * np.maximum(q - q_best + step, 0.0)
+
+    def _next(self, rng: np.random.Generator) -> Optional[np.ndarray]:
+        pool = self._pool(rng)
+        if not len(pool):
+            return None
+        if len(self._X) < 2:
+            return pool[0]
+        gp = self._fit()
+        acq = self.acquisition(gp, pool)
+        return pool[int(np.argmax(acq))]
