@@ -6,9 +6,10 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from . import flatbuffer as fb
 from ._deps import interpreter_class, op_resolver_without_delegates, tf
 from .model import TFLiteModel
 from .ranges import ALGORITHMS, compute_range, subsample
-from .sources import Source, as_float_arrays, batch_inputs, is_saved_model_dir, make_source
+from .sources import KerasSource, Source, as_float_arrays, batch_inputs, is_saved_model_dir, make_source
 
 __all__ = ["TensorFlowAdaptor", "QAT_MESSAGE", "run_converter"]
 
@@ -45,8 +46,16 @@ class _Prepared:
     names: Dict[str, fb.OpInfo]     # ilit op name -> float-model op, in execution order
 
 
-def _scope_name(op: fb.OpInfo, tensor_names: Sequence[str]) -> str:
-    """The layer scope an op's tensor names carry, e.g. ``conv2d_1`` for ``functional_1/conv2d_1/Relu;...``."""
+def _strip_suffix(comp: str, layers: Optional[Set[str]]) -> str:
+    """Undo TF's scope uniquification: Keras 3 enters each layer scope twice, so layer ``conv`` shows as ``conv_1``."""
+    m = re.fullmatch(r"(.+)_\d+", comp)
+    if not m or (layers is not None and m.group(1) not in layers):
+        return comp
+    return m.group(1)
+
+
+def _scope_name(tensor_names: Sequence[str], layers: Optional[Set[str]]) -> str:
+    """The layer path in an op's tensor names, e.g. ``conv`` for ``functional_1/conv_1/Relu;...``."""
     for full in tensor_names:
         for part in full.split(";"):
             comps = [c for c in part.split("/") if c]
@@ -54,12 +63,28 @@ def _scope_name(op: fb.OpInfo, tensor_names: Sequence[str]) -> str:
                 scope = comps[:-1]
                 if len(scope) >= 2:
                     scope = scope[1:]  # drop the model's root scope
-                return "/".join(scope)
+                return "/".join(_strip_suffix(c, layers) for c in scope)
     return ""
 
 
-def name_ops(float_content: bytes, float_ops: Sequence[fb.OpInfo], types: Sequence[str]) -> Dict[str, fb.OpInfo]:
-    """Stable ilit names for the ops of the given types: their layer scope, else ``<type>_<k>``; unique."""
+def keras_layer_names(model: Any) -> Set[str]:
+    """Names of a Keras model's layers, nested models' layers included."""
+    names: Set[str] = set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        names.add(layer.name)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return names
+
+
+def name_ops(float_content: bytes, float_ops: Sequence[fb.OpInfo], types: Sequence[str],
+             layers: Optional[Set[str]] = None) -> Dict[str, fb.OpInfo]:
+    """Stable ilit names for the ops of the given types: their layer path, else ``<type>_<k>``; made unique.
+
+    ``layers`` (a Keras model's layer names) guards the suffix stripping; without it every
+    ``_<n>`` scope suffix is stripped, which gives a Keras model's exported SavedModel the same names.
+    """
     m = fb.read(float_content)
     tensors = m.subgraphs[0].tensors
     names: Dict[str, fb.OpInfo] = {}
@@ -68,7 +93,7 @@ def name_ops(float_content: bytes, float_ops: Sequence[fb.OpInfo], types: Sequen
         if op.type not in types:
             continue
         cands = list(op.output_names) + [tensors[t].name.decode() for t, c in zip(op.inputs, op.const_inputs) if c]
-        base = _scope_name(op, cands) or f"{op.type.lower()}_{counts.get(op.type, 0)}"
+        base = _scope_name(cands, layers) or f"{op.type.lower()}_{counts.get(op.type, 0)}"
         counts[op.type] = counts.get(op.type, 0) + 1
         name, k = base, 2
         while name in names:
@@ -118,7 +143,8 @@ class TensorFlowAdaptor(Adaptor):
             content = run_converter(source.converter())
             self.float_conversions += 1
             ops = fb.op_list(content)
-            names = name_ops(content, ops, fb.STATIC_OPS)
+            layers = keras_layer_names(source.model) if isinstance(source, KerasSource) else None
+            names = name_ops(content, ops, fb.STATIC_OPS, layers)
             prep = _Prepared(model, source, content, ops, names)
             self._prepared[key] = prep
         return prep
