@@ -1,0 +1,3 @@
+"""The version of ilit-metrics."""
+
+__version__ = "0.1.0"
