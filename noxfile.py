@@ -36,8 +36,12 @@ def core(session: nox.Session) -> None:
 
 @nox.session
 def metrics(session: nox.Session) -> None:
-    """ilit-metrics with its reference implementations, no framework."""
-    session.install(CORE, f"{METRICS}[coco]", "pytest", "hypothesis", "scikit-learn")
+    """ilit-metrics (with pycocotools) against its references (scikit-learn, pycocotools, the SQuAD v1.1 rules),
+    driven by YAML name through the registry and a Tuner run on the toy adaptor; no framework is installed."""
+    session.install(CORE, f"{METRICS}[coco]", TOY, "pytest", "hypothesis", "scikit-learn")
+    session.run("python", "-c", "import importlib.util as u, sys; "
+                "bad = [m for m in ('torch', 'tensorflow', 'keras', 'mxnet', 'jax') if u.find_spec(m)]; "
+                "sys.exit(f'a deep-learning framework is installed: {bad}' if bad else 0)")
     pytest(session, "packages/ilit-metrics/tests")
 
 
