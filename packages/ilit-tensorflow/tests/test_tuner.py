@@ -45,3 +45,53 @@ def test_basic_strategy_meets_one_percent_on_digits(keras_model, calib_loader, t
     # calibration ran once per calibration key, not once per trial
     keys = {ilit.calibration_key(t["tune_cfg"]) for t in history["trials"]}
     assert adaptor.calibration_batches <= 4 * 2 * len(keys)
+
+
+def fragile_model(digits):
+    """A digits net whose frozen 1x1 conv ``fragile`` is an identity plus one dead channel of -1000 weights.
+
+    Per-tensor int8 weights give that conv a scale of ~1000/127, which rounds its identity weights to 0,
+    so the model only meets the goal with ``fragile`` in float (or with per-channel weights).
+    """
+    import tensorflow as tf
+
+    keras = tf.keras
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inp)
+    fragile = keras.layers.Conv2D(16, 1, activation="relu", name="fragile", trainable=False)
+    x = fragile(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    out = keras.layers.Dense(10, name="logits")(x)
+    model = keras.Model(inp, out)
+    w = np.eye(16, dtype=np.float32)
+    w[:, 15] = -1000.0
+    fragile.set_weights([w[None, None], np.zeros(16, np.float32)])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    (xt, yt), _cal, _test = digits
+    model.fit(xt, yt, epochs=10, batch_size=32, verbose=0)
+    return model
+
+
+def test_basic_strategy_finds_the_op_to_keep_in_float(digits, calib_loader, test_loader, tmp_path):
+    model = fragile_model(digits)
+    conf = {
+        "framework": {"name": "tensorflow"},
+        "calibration": {"iterations": [4]},
+        "quantization": {"weight": {"granularity": "per_tensor"}, "activation": {"algorithm": "minmax"}},
+        "tuning": {"strategy": "basic", "metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01},
+                   "max_trials": 20, "workspace": {"path": str(tmp_path / "ws")}},
+    }
+    tuner = ilit.Tuner(conf)
+    q = tuner.tune(model, calib_loader, eval_dataloader=test_loader)
+    trials = tuner.history.trials
+    assert tuner.baseline_accuracy > 0.9
+    assert not trials[0].meets and trials[0].accuracy < 0.5 * tuner.baseline_accuracy  # all-int8 collapses
+    assert q is not None and tuner.best_trial.meets
+    assert ilit.fallback_ops(tuner.best_trial.tune_cfg) == ["fragile"]
+    assert q.op("fragile").is_float and q.op("conv").output_types[0] == "INT8"
+    assert accuracy(tuner.adaptor, q, test_loader) >= 0.99 * tuner.baseline_accuracy
+    # calibration ran once for all the trials (one calibration key)
+    assert tuner.adaptor.calibration_batches == 4
