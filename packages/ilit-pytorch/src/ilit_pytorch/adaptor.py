@@ -22,7 +22,7 @@ from . import backend  # noqa: E402
 from .backend import DYNAMIC, QAT, STATIC  # noqa: E402
 from .calibration import (batch_inputs, call_model, collect_stats, load_stats, run_batches, stat_kinds,  # noqa: E402
                           tapped_model)
-from .graph import Analysis, analyze, get_submodule, qconfig_entries, set_submodule  # noqa: E402
+from .graph import Analysis, analyze, keep_off_fast_path, qconfig_entries, set_submodule  # noqa: E402
 from .serialize import load_model, save_model  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
@@ -38,14 +38,6 @@ ACTIVATION_CAPABILITY = {
     # dynamic: activations are quantized at run time from each batch's own range
     DYNAMIC: {"dtype": ["uint8", "fp32"], "scheme": ["asym"], "granularity": ["per_tensor"], "algorithm": ["minmax"]},
 }
-
-
-def _quiet_fast_path(model: nn.Module) -> None:
-    """Keep TransformerEncoderLayer off its fused fast path, which reads ``linear1.weight`` directly and so
-    breaks once the linears are swapped for quantized ones (a forward pre-hook disables that path)."""
-    for m in model.modules():
-        if isinstance(m, nn.TransformerEncoderLayer) and not isinstance(m.linear1, nn.Linear):
-            m.register_forward_pre_hook(lambda _m, _a: None)
 
 
 class PyTorchAdaptor(Adaptor):
@@ -111,6 +103,23 @@ class PyTorchAdaptor(Adaptor):
                              "pass it to tune(..., q_func=...)")
         is_qat = approach == QAT
         analysis = self.analysis(model, is_qat)
+        if analysis.traceable:
+            return self._graph_mode(tune_cfg, model, analysis, dataloader, q_func)
+        try:
+            q = self._graph_mode(tune_cfg, model, analysis, dataloader, q_func)
+            with torch.no_grad():
+                call_model(q, self._example)
+            return q
+        except Exception as exc:  # noqa: BLE001 - the split model does not run: quantize its Linears dynamically
+            log.warning("pytorch adaptor: the partly FX-quantized %s fails to run (%s: %s); falling back to "
+                        "dynamic quantization of its Linear layers", type(model).__name__, type(exc).__name__, exc)
+            return self._dynamic(tune_cfg, model, linear_only=True)
+
+    def _graph_mode(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, dataloader: Iterable[Any],
+                    q_func: Optional[Callable[[Any], Any]]) -> nn.Module:
+        """Prepare each unit with FX, calibrate (or train), convert, and put the units back in a copy."""
+        approach = tune_cfg["approach"]
+        is_qat = approach == QAT
         example = batch_inputs(next(iter(dataloader)))
         self._example = example
         q = copy.deepcopy(model).train(is_qat)
@@ -129,6 +138,7 @@ class PyTorchAdaptor(Adaptor):
                 set_submodule(q, unit.prefix, p)
         if not prepared:
             return q.eval()
+        keep_off_fast_path(q)
         if is_qat:
             q_func(q)  # type: ignore[misc]  # trains the prepared model in place
             q.eval()
@@ -143,15 +153,6 @@ class PyTorchAdaptor(Adaptor):
                 set_submodule(q, prefix, c)
         q.eval()
         q._ilit_quantized = True
-        if not analysis.traceable:
-            _quiet_fast_path(q)
-            try:
-                with torch.no_grad():
-                    call_model(q, example)
-            except Exception as exc:  # noqa: BLE001 - the split model does not run: quantize Linears dynamically
-                log.warning("pytorch adaptor: the partly FX-quantized %s fails to run (%s: %s); falling back to "
-                            "dynamic quantization of its Linear layers", type(model).__name__, type(exc).__name__, exc)
-                return self._dynamic(tune_cfg, model, linear_only=True)
         return q
 
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
@@ -183,7 +184,7 @@ class PyTorchAdaptor(Adaptor):
                 continue
             spec[name] = backend.make_qconfig(cfg, DYNAMIC)
         q = backend.dynamic_quantize(model, spec)
-        _quiet_fast_path(q)
+        keep_off_fast_path(q)
         q._ilit_quantized = True
         return q
 

@@ -19,7 +19,7 @@ from torch import fx, nn
 from torch.fx import GraphModule, Node
 
 from . import backend
-from .graph import Analysis, set_submodule
+from .graph import Analysis, keep_off_fast_path, set_submodule
 
 __all__ = ["Tap", "collect_stats", "load_stats", "stat_kinds", "run_batches", "batch_inputs", "call_model"]
 
@@ -101,6 +101,7 @@ def tapped_model(model: nn.Module, analysis: Analysis, make_callback: Callable[[
         if unit.prefix == "":
             return tap
         set_submodule(work, unit.prefix, tap)
+    keep_off_fast_path(work)
     return work
 
 

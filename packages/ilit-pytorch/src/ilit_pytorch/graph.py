@@ -21,7 +21,7 @@ from torch.fx import GraphModule, Node
 from . import backend
 
 __all__ = ["Op", "Unit", "Analysis", "analyze", "qualify", "get_submodule", "set_submodule", "LeafWrapper",
-           "qconfig_entries"]
+           "qconfig_entries", "keep_off_fast_path"]
 
 log = logging.getLogger("ilit")
 
@@ -37,6 +37,22 @@ def get_submodule(root: nn.Module, name: str) -> nn.Module:
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, last = name.rpartition(".")
     setattr(get_submodule(root, parent), last, module)
+
+
+def _no_op_hook(_module: nn.Module, _args: Any) -> None:
+    return None
+
+
+def keep_off_fast_path(model: nn.Module) -> None:
+    """Keep TransformerEncoderLayers whose linears were swapped off their fused fast path.
+
+    That path reads ``linear1.weight`` directly, which a quantized or wrapped linear no longer has;
+    any forward pre-hook on the layer makes torch take the regular path, which calls the modules.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.TransformerEncoderLayer) and not (type(m.linear1) is nn.Linear and type(m.linear2) is nn.Linear):
+            if _no_op_hook not in m._forward_pre_hooks.values():
+                m.register_forward_pre_hook(_no_op_hook)
 
 
 class LeafWrapper(nn.Module):
