@@ -284,3 +284,32 @@ def test_opinfo_is_float_ignores_integer_shape_tensors():
     op = OpInfo(0, "RESHAPE", (1, 2), (3,), ("r",), ("FLOAT32", "INT32"), ("FLOAT32",), (False, True))
     assert op.is_float
     assert not OpInfo(0, "ADD", (1, 2), (3,), ("a",), ("INT8", "INT8"), ("INT8",), (False, False)).is_float
+
+
+def test_several_inputs_are_matched_by_name(tmp_path):
+    """TFLite orders a model's inputs its own way; lists of inputs follow the model's order, by signature name."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    a, b = keras.Input((4,), name="a"), keras.Input((6,), name="b")
+    x = keras.layers.Concatenate(name="cat")([keras.layers.Dense(8, name="da")(a), keras.layers.Dense(8, name="db")(b)])
+    model = keras.Model([a, b], keras.layers.Dense(3, name="out")(x))
+    rng = np.random.default_rng(0)
+    loader = [((rng.random((8, 4), dtype=np.float32), rng.random((8, 6), dtype=np.float32)), np.zeros(8))
+              for _ in range(4)]
+    path = str(tmp_path / "two_inputs")
+    model.export(path, verbose=False)
+    x0 = list(loader[0][0])
+    ref = model(x0).numpy()
+    for source in (model, path):
+        cfg = make_config()
+        adaptor = TensorFlowAdaptor(cfg)
+        space = space_for(adaptor, source, cfg)
+        assert space.ops == ["da", "db", "cat", "out"]
+        q = adaptor.quantize(minmax_cfg(space, algorithm="percentile"), source, loader)
+        assert np.abs(q(x0) - ref).max() < 0.05 * np.abs(ref).max()
+        assert np.allclose(np.asarray(adaptor.infer(source, x0)), ref, atol=1e-5)
+        inspected = adaptor.inspect_tensor(q, loader, ["da", "db"], [0])
+        assert inspected["da"][0].shape == (8, 8) and inspected["db"][0].shape == (8, 8)
+        q.save(str(tmp_path / "q"))
+        np.testing.assert_array_equal(TFLiteModel.load(str(tmp_path / "q"))(x0), q(x0))

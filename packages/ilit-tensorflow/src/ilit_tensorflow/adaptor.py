@@ -212,17 +212,21 @@ class TensorFlowAdaptor(Adaptor):
             content = fb.restore_float_weights(dyn, prep.float_content, op_map) if op_map else dyn
         to_q = fb.match_ops(prep.float_ops, fb.op_list(content))
         q = TFLiteModel(content, {n: to_q[op.index] for n, op in prep.names.items()}, tune_cfg=tune_cfg,
-                        num_threads=self.num_threads)
+                        num_threads=self.num_threads, input_names=prep.source.input_names())
         still_int = [n for n in fallback if not q.op(n).is_float]
         if still_int:
             raise RuntimeError(f"the converter did not keep {still_int} in float as the tune_cfg asks")
         return q
 
-    def _representative(self, dataloader: Iterable[Any], iterations: int) -> Callable[[], Iterable[Any]]:
+    def _representative(self, dataloader: Iterable[Any], iterations: int,
+                        names: Optional[List[str]]) -> Callable[[], Iterable[Any]]:
         def gen() -> Iterable[Any]:
             for batch in itertools.islice(iter(dataloader), iterations):
                 self.calibration_batches += 1
-                yield as_float_arrays(batch_inputs(batch))
+                arrays = as_float_arrays(batch_inputs(batch))
+                if names and isinstance(arrays, list):
+                    arrays = dict(zip(names, arrays))  # the calibrator matches several inputs by name
+                yield arrays
         return gen
 
     def _raw_calibration(self, prep: _Prepared, dataloader: Iterable[Any], iterations: int) -> bytes:
@@ -231,20 +235,20 @@ class TensorFlowAdaptor(Adaptor):
         if key not in self._calibrated:
             conv = prep.source.converter()
             conv.optimizations = [tf().lite.Optimize.DEFAULT]
-            conv.representative_dataset = self._representative(dataloader, iterations)
+            conv.representative_dataset = self._representative(dataloader, iterations, prep.source.input_names())
             conv.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS_INT8]
             conv._experimental_calibrate_only = True  # the step QuantizationDebugger uses; quantized below
             self._calibrated[key] = run_converter(conv)
         return self._calibrated[key]
 
     def _activation_samples(self, calibrated: bytes, dataloader: Iterable[Any], iterations: int,
-                            tensors: Iterable[int]) -> Dict[int, List[np.ndarray]]:
+                            tensors: Iterable[int], input_names: Optional[List[str]]) -> Dict[int, List[np.ndarray]]:
         """Samples of the given tensors' values over the calibration batches (for kl and percentile)."""
         key = (iterations,)
         store = self._samples.setdefault(key, {})
         need = sorted(set(tensors) - set(store))
         if need:
-            runner = TFLiteModel(calibrated, num_threads=1)
+            runner = TFLiteModel(calibrated, num_threads=1, input_names=input_names)
             interp = runner._interpreter(debug=True)
             rng = np.random.default_rng(0)
             for t in need:
@@ -276,7 +280,7 @@ class TensorFlowAdaptor(Adaptor):
         if wanted:
             ranges = fb.tensor_ranges(raw)
             wanted = {t: a for t, a in wanted.items() if t in ranges}
-            samples = self._activation_samples(raw, dataloader, iterations, wanted)
+            samples = self._activation_samples(raw, dataloader, iterations, wanted, prep.source.input_names())
             new = {t: compute_range(samples[t], a, *ranges[t]) for t, a in wanted.items()}
             result = fb.write_ranges(raw, new)
         self._stats[key] = result
@@ -303,7 +307,7 @@ class TensorFlowAdaptor(Adaptor):
             return model
         prep = self._prepare(model)
         return TFLiteModel(prep.float_content, {n: op.index for n, op in prep.names.items()},
-                           num_threads=self.num_threads)
+                           num_threads=self.num_threads, input_names=prep.source.input_names())
 
     def inspect_tensor(self, model: Any, dataloader: Iterable[Any], op_list: Sequence[str],
                        iteration_list: Sequence[int]) -> Dict[str, List[np.ndarray]]:

@@ -55,8 +55,11 @@ class TFLiteModel:
     """
 
     def __init__(self, content: bytes, op_index: Optional[Mapping[str, int]] = None,
-                 tune_cfg: Optional[Mapping[str, Any]] = None, num_threads: Optional[int] = None) -> None:
+                 tune_cfg: Optional[Mapping[str, Any]] = None, num_threads: Optional[int] = None,
+                 input_names: Optional[Sequence[str]] = None) -> None:
         self.content = bytes(content)
+        #: the signature input names in the order a list of inputs gives them (the source model's order)
+        self.input_names: Optional[List[str]] = list(input_names) if input_names else None
         self.op_index: Dict[str, int] = dict(op_index or {})
         self.tune_cfg = dict(tune_cfg) if tune_cfg is not None else None
         self.num_threads = num_threads or default_threads()
@@ -96,9 +99,25 @@ class TFLiteModel:
             self._interp = cls(model_content=self.content, num_threads=self.num_threads)
         return self._interp
 
+    def _input_details(self, interp: Any, inputs: Any) -> List[Dict[str, Any]]:
+        """The interpreter's input details in the order of ``inputs``, matched by signature name for several."""
+        details = interp.get_input_details()
+        names = list(inputs) if isinstance(inputs, Mapping) else self.input_names
+        if len(details) < 2 or not names:
+            return details
+        sig = interp.get_signature_list()
+        if len(sig) != 1:
+            return details
+        by_name = {n: d["index"] for n, d in interp.get_signature_runner(next(iter(sig))).get_input_details().items()}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"inputs {missing} are not inputs of the model; it takes {sorted(by_name)}")
+        by_index = {d["index"]: d for d in details}
+        return [by_index[by_name[n]] for n in names]
+
     def _run(self, interp: Any, inputs: Any) -> None:
         arrays = _as_list(inputs)
-        details = interp.get_input_details()
+        details = self._input_details(interp, inputs)
         if len(arrays) != len(details):
             raise ValueError(f"the model takes {len(details)} inputs, got {len(arrays)}")
         resized = False
@@ -109,7 +128,7 @@ class TFLiteModel:
         if resized or not getattr(interp, "_ilit_allocated", False):
             interp.allocate_tensors()
             interp._ilit_allocated = True
-        for arr, d in zip(arrays, interp.get_input_details()):
+        for arr, d in zip(arrays, details):
             interp.set_tensor(d["index"], np.ascontiguousarray(arr, dtype=d["dtype"]))
         interp.invoke()
 
@@ -137,7 +156,8 @@ class TFLiteModel:
         with open(os.path.join(path, MODEL_FILE), "wb") as f:
             f.write(self.content)
         with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
-            json.dump({"op_index": self.op_index, "tune_cfg": self.tune_cfg}, f, indent=1, sort_keys=True)
+            json.dump({"op_index": self.op_index, "tune_cfg": self.tune_cfg, "input_names": self.input_names}, f,
+                      indent=1, sort_keys=True)
 
     @classmethod
     def load(cls, path: str, num_threads: Optional[int] = None) -> "TFLiteModel":
@@ -153,7 +173,8 @@ class TFLiteModel:
         if os.path.isfile(meta_file):
             with open(meta_file, encoding="utf-8") as f:
                 meta = json.load(f)
-        return cls(content, op_index=meta.get("op_index"), tune_cfg=meta.get("tune_cfg"), num_threads=num_threads)
+        return cls(content, op_index=meta.get("op_index"), tune_cfg=meta.get("tune_cfg"), num_threads=num_threads,
+                   input_names=meta.get("input_names"))
 
     def __repr__(self) -> str:
         return f"TFLiteModel({self.size} bytes, {len(self.op_index)} named ops)"

@@ -41,6 +41,10 @@ class Source:
 
     kind = ""
 
+    def input_names(self) -> Optional[List[str]]:
+        """The signature input names in the order a list of inputs gives them; None when there is one input."""
+        return None
+
     def converter(self) -> Any:
         raise NotImplementedError
 
@@ -63,6 +67,10 @@ class KerasSource(Source):
 
     def converter(self) -> Any:
         return tf().lite.TFLiteConverter.from_keras_model(self.model)
+
+    def input_names(self) -> Optional[List[str]]:
+        inputs = list(self.model.inputs)
+        return [t.name for t in inputs] if len(inputs) > 1 else None
 
     def __call__(self, inputs: Any) -> Any:
         if self._fn is None:
@@ -87,7 +95,7 @@ class SavedModelSource(Source):
                  outputs: Optional[Sequence[str]] = None, signature: str = "serving_default") -> None:
         self.path = os.fspath(path)
         self.signature = signature
-        self.input_names = list(inputs) if inputs else None
+        self.input_names_ = list(inputs) if inputs else None
         self.output_names = list(outputs) if outputs else None
         self._fn: Any = None
 
@@ -101,9 +109,9 @@ class SavedModelSource(Source):
             self._loaded, self._fn = loaded, sigs[self.signature]
             spec = self._fn.structured_input_signature[1]
             names = sorted(spec)
-            if self.input_names is None:
-                self.input_names = names
-            unknown = [n for n in self.input_names if n not in spec]
+            if self.input_names_ is None:
+                self.input_names_ = names
+            unknown = [n for n in self.input_names_ if n not in spec]
             if unknown:
                 raise ValueError(f"framework.inputs {unknown} are not inputs of the SavedModel's "
                                  f"{self.signature!r} signature, whose inputs are {names}")
@@ -112,17 +120,21 @@ class SavedModelSource(Source):
     def converter(self) -> Any:
         return tf().lite.TFLiteConverter.from_saved_model(self.path, signature_keys=[self.signature])
 
+    def input_names(self) -> Optional[List[str]]:
+        self._signature_fn()
+        return list(self.input_names_) if self.input_names_ and len(self.input_names_) > 1 else None
+
     def __call__(self, inputs: Any) -> Any:
         fn = self._signature_fn()
         if isinstance(inputs, dict):
             feeds = inputs
         else:
             arrays: List[Any] = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-            assert self.input_names is not None
-            if len(arrays) != len(self.input_names):
-                raise ValueError(f"the signature takes inputs {self.input_names}, got {len(arrays)} arrays; "
+            assert self.input_names_ is not None
+            if len(arrays) != len(self.input_names_):
+                raise ValueError(f"the signature takes inputs {self.input_names_}, got {len(arrays)} arrays; "
                                  "set framework.inputs to name them in order")
-            feeds = dict(zip(self.input_names, arrays))
+            feeds = dict(zip(self.input_names_, arrays))
         feeds = {k: tf().convert_to_tensor(np.asarray(v, dtype=np.float32) if np.asarray(v).dtype.kind == "f" else v)
                  for k, v in feeds.items()}
         out = fn(**feeds)
@@ -167,6 +179,10 @@ class FunctionSource(Source):
             self._dir = tempfile.TemporaryDirectory(prefix="ilit-tf-fn-")
             tfm.saved_model.save(root, self._dir.name, signatures=concrete)
         return tfm.lite.TFLiteConverter.from_saved_model(self._dir.name)
+
+    def input_names(self) -> Optional[List[str]]:
+        specs = tf().nest.flatten(self.fn.get_concrete_function().structured_input_signature)
+        return [s.name for s in specs] if len(specs) > 1 else None
 
     def __call__(self, inputs: Any) -> Any:
         if isinstance(inputs, (list, tuple)):
