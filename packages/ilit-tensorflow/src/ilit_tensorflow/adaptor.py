@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -360,6 +361,9 @@ class _quiet_stdout:
     def __enter__(self) -> None:
         import sys
 
+        self._saved = []
+        if os.environ.get("ILIT_TF_VERBOSE"):  # set it to see the converter's own output
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         self._saved = [os.dup(1), os.dup(2)]
@@ -370,6 +374,8 @@ class _quiet_stdout:
     def __exit__(self, *exc: Any) -> None:
         import sys
 
+        if not self._saved:
+            return
         sys.stdout.flush()
         sys.stderr.flush()
         for fd, saved in zip((1, 2), self._saved):
@@ -383,11 +389,16 @@ def _mlir_quantize(calibrated: bytes, disable_pc: bool, disable_dense_pc: bool, 
     tf()
     from tensorflow.lite.python import convert as tfl_convert
 
+    kwargs: Dict[str, Any] = {}
+    if "disable_per_channel_for_dense_layers" in inspect.signature(tfl_convert.mlir_quantize).parameters:
+        kwargs["disable_per_channel_for_dense_layers"] = disable_dense_pc
+    elif disable_dense_pc and not disable_pc:
+        raise ValueError("this TensorFlow's quantizer cannot make fully-connected weights per-tensor while conv "
+                         "weights are per-channel; use one granularity for both, or a newer TensorFlow")
     with _quiet_stdout():
         return bytes(tfl_convert.mlir_quantize(
             calibrated, disable_per_channel=disable_pc, fully_quantize=False,
-            denylisted_nodes=list(deny) or None,
-            disable_per_channel_for_dense_layers=disable_dense_pc))
+            denylisted_nodes=list(deny) or None, **kwargs))
 
 
 def _granularity_flags(tune_cfg: TuneCfg, prep: _Prepared) -> Tuple[bool, bool]:
