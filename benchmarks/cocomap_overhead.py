@@ -11,13 +11,18 @@ boxes per image) are evaluated twice in one process:
   COCOeval calls.
 
 It prints both times, their ratio and the overhead (target: <= 10%), and checks that the 12 COCO
-numbers are identical. Times are the process's CPU time (``time.process_time``, less disturbed than
-wall time by other load on a shared machine) and wall time; ``--repeat`` alternates the two runs (and
-which goes first) and reports the best (minimum) of each, the usual estimate under noise. Since both runs make the same
-COCOeval calls, it also times cocomap's own work alone (``update`` plus building the COCO
-structures), the part of the overhead that does not depend on noise in the long COCOeval run. Needs ilit-metrics with the coco extra: pip install 'packages/ilit-metrics[coco]'.
+numbers are identical. Times are the process's CPU time (``time.process_time``, less disturbed
+than wall time by other load on a shared machine) and wall time. ``--repeat`` alternates the two
+runs (and which goes first) and reports the best (minimum) of each, the usual estimate under noise.
+Since both runs make the same COCOeval calls, it also times cocomap's own work alone (``update``
+plus building the COCO structures): the part of the overhead that noise in the long COCOeval run
+does not blur.
 
-    flock /tmp/ilit-bench.lock python benchmarks/cocomap_overhead.py [--images 5000] [--dets 100] [--batch 50] [--repeat 1]
+Needs ilit-metrics with the coco extra (pip install 'packages/ilit-metrics[coco]'). On a shared
+machine, take the benchmark lock:
+
+    flock /tmp/ilit-bench.lock python benchmarks/cocomap_overhead.py \
+        [--images 5000] [--dets 100] [--batch 50] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -158,8 +163,8 @@ def main() -> None:
     print(f"best of {args.repeat}:")
     print(f"  COCOeval called directly:  {cd:8.2f} s cpu  {wd:8.2f} s wall")
     print(f"  cocomap (update + result): {cm:8.2f} s cpu  {wm:8.2f} s wall")
-    print(f"  ratio cocomap / direct: {cm / cd:.3f} cpu, {wm / wd:.3f} wall -> overhead {100 * (cm / cd - 1):+.1f}% cpu, "
-          f"{100 * (wm / wd - 1):+.1f}% wall (target <= +10%)")
+    print(f"  ratio cocomap / direct: {cm / cd:.3f} cpu, {wm / wd:.3f} wall -> overhead "
+          f"{100 * (cm / cd - 1):+.1f}% cpu, {100 * (wm / wd - 1):+.1f}% wall (target <= +10%)")
     print(f"  cocomap's own work: update {cu:.2f} s + building the COCO structures {cb:.2f} s = {cu + cb:.2f} s cpu, "
           f"{100 * (cu + cb) / cd:.1f}% of the direct COCOeval time")
     print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")

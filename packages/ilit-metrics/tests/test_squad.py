@@ -13,7 +13,8 @@ from ilit_metrics.squad import normalize_answer
 # words and marks that exercise every normalization rule: case, ASCII punctuation, articles as whole words
 # only ("theatre", "anthem"), non-ASCII punctuation that is kept ("—", "«"), odd whitespace
 TOKENS = ["the", "The", "THE", "a", "A", "an", "An", "cat", "Cat", "sat", "on", "mat", "theatre", "anthem", "it's",
-          "U.S.", "—", "«", "»", "é", "Ünïcode", "ß", ",", ".", "!", "?", "(", ")", "'", '"', "-", "1,000", "3.5"]
+          "U.S.", "—", "«", "»", "é", "Ünïcode", "ß", ",", ".", "!", "?", "(", ")", "'", '"', "-", "1,000",
+          "3.5"]
 SEPS = [" ", "", "  ", "\t", "\n", "\u00a0"]
 TEXT = st.lists(st.tuples(st.sampled_from(TOKENS), st.sampled_from(SEPS)), max_size=8).map(
     lambda parts: "".join(t + s for t, s in parts))

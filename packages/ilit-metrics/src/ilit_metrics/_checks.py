@@ -74,7 +74,8 @@ def label_ids(metric: str, labels: Any, n_classes: Optional[int] = None) -> np.n
             raise ValueError(f"{metric}: labels of shape (N, C) must be one-hot (a single 1 per row, 0 elsewhere); "
                              f"got {describe(arr)} that is not")
         return arr.argmax(axis=1).astype(np.int64)
-    raise ValueError(f"{metric}: labels must be class ids of shape (N,) or one-hot of shape (N, C); got {describe(arr)}")
+    raise ValueError(f"{metric}: labels must be class ids of shape (N,) or one-hot of shape (N, C); "
+                     f"got {describe(arr)}")
 
 
 def predicted_ids(metric: str, preds: Any) -> Tuple[np.ndarray, Optional[int]]:

@@ -8,7 +8,8 @@ Boxes are pixels in ``box_format`` (default ``xyxy``; also ``xywh`` and ``cxcywh
 and converts each batch to compact float64/int64 arrays; ``result`` builds the COCO ground-truth
 and detection structures in memory (image ids 1..n in update order, category ids = the labels)
 and runs ``COCOeval(...).evaluate(); accumulate(); summarize()``. mAP needs every detection, so
-the memory grows with the dataset: about 56 bytes per detection and 64 per ground-truth box.
+the memory grows with the dataset: between updates, 56 bytes per detection and 64 per ground-truth
+box; during ``result`` also the Python dicts that COCOeval works on, as when it is called directly.
 
 pycocotools is the optional extra ``ilit-metrics[coco]``.
 """
@@ -193,6 +194,7 @@ class CocoMAP(Metric):
         """The COCO ground-truth dataset dict and the detection list that :meth:`result` evaluates."""
         if not self.n_images:
             raise no_data(self.name)
+
         def cat(field: str) -> np.ndarray:
             return np.concatenate([getattr(b, field) for b in self._batches])
 
