@@ -49,14 +49,14 @@ def kl_threshold(abs_values: np.ndarray, bins: int = 2048, levels: int = 128) ->
         ref[-1] += hist[i:].sum()
         if ref.sum() == 0:
             continue
-        # quantize the first i bins into `levels` groups, expanding each group over its non-empty bins
-        groups = np.array_split(np.arange(i), levels)
-        q = np.zeros(i, dtype=np.float64)
-        for g in groups:
-            src = hist[g]
-            nz = src > 0
-            if nz.any():
-                q[g[nz]] = src.sum() / nz.sum()
+        # quantize the first i bins into `levels` groups, spreading each group's mass over its non-empty bins
+        starts = np.array([g[0] for g in np.array_split(np.arange(i), levels)])
+        sizes = np.diff(np.append(starts, i))
+        src = hist[:i]
+        mass = np.add.reduceat(src, starts)
+        nonempty = np.add.reduceat((src > 0).astype(np.float64), starts)
+        per_bin = np.repeat(np.divide(mass, nonempty, out=np.zeros_like(mass), where=nonempty > 0), sizes)
+        q = np.where(src > 0, per_bin, 0.0)
         p_n, q_n = ref / ref.sum(), q / max(q.sum(), 1e-12)
         kl = _kl(p_n, q_n)
         if kl < best_kl:
