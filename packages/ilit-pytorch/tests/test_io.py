@@ -111,3 +111,16 @@ def test_missing_torch_names_the_install_command():
             "except Exception as e:\n    print(type(e).__name__, e.__cause__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "PluginLoadError" in out and "pip install 'ilit-pytorch[torch]'" in out
+
+
+def test_string_annotations_do_not_stop_torchscript(digits, tmp_path):
+    ns = {}
+    exec("from __future__ import annotations\nimport torch\nfrom torch import nn\n"
+         "class Annotated(nn.Module):\n"
+         "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(64, 10)\n"
+         "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        return self.fc(torch.flatten(x, 1))\n", ns)
+    model = ns["Annotated"]().eval()
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0])
+    adaptor.save(q, str(tmp_path / "a"))
+    assert json.loads((tmp_path / "a" / META_FILE).read_text())["format"] == "torchscript"

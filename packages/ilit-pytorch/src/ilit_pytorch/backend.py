@@ -245,9 +245,17 @@ def convert(prepared: GraphModule) -> GraphModule:
     select_engine()
     ctx = _quiet()
     try:
-        return convert_fx(prepared, backend_config=backend_config())
+        converted = convert_fx(prepared, backend_config=backend_config())
     finally:
         ctx.__exit__(None, None, None)
+    # string annotations (``from __future__ import annotations`` in the user's module) would be copied
+    # into the generated code as names TorchScript cannot resolve; the graph does not need them
+    if any(isinstance(n.type, str) for n in converted.graph.nodes):
+        for n in converted.graph.nodes:
+            if isinstance(n.type, str):
+                n.type = None
+        converted.recompile()
+    return converted
 
 
 def dynamic_quantize(model: nn.Module, qconfigs: Mapping[str, QConfig]) -> nn.Module:

@@ -1,0 +1,260 @@
+"""ilit-pytorch speed benchmark (not a test): FP32 vs ilit's tuned INT8 vs INT8 by hand with plain FX.
+
+One run measures, with 2 threads:
+- a ResNet-18-shaped net at 3x224x224 (random weights, batch-norm statistics set on random images),
+  batch 1 and batch 16: median latency of FP32, of the model ilit tunes (accuracy proxy: cosine of the
+  logits to FP32, at most 1% relative loss) and of the same net quantized by hand with
+  ``prepare_fx(get_default_qconfig_mapping("x86"))`` / ``convert_fx``;
+- the demo's DigitsCNN on scikit-learn digits: top-1 of FP32, ilit INT8 and by-hand INT8, and latency;
+- tuning wall time of ``Tuner.tune`` on the digits model against the sum of the bare calls the same
+  configs need without ilit (prepare/calibrate/convert with torch, an evaluation loop by hand).
+
+Run it alone (the machine is shared): ``flock /tmp/ilit-bench.lock python benchmarks/pytorch_speedup.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+import ilit
+from ilit.objectives import saved_size
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from pytorch_digits_demo import trained_digits_cnn  # noqa: E402
+
+warnings.filterwarnings("ignore")
+THREADS = 2
+
+
+# ----------------------------------------------------------------------------- models
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 layout, written out (torchvision does not import beside this torch)."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        chans = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
+        for i, (cin, cout, stride) in enumerate(chans, 1):
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18_with_bn_stats(seed: int = 0) -> nn.Module:
+    """Random weights; batch-norm running statistics from random images, so activations stay in range."""
+    torch.manual_seed(seed)
+    model = ResNet18()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, 224, 224))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- helpers
+def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def by_hand_fx(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]], iterations: int) -> nn.Module:
+    """What a user writes without ilit: the default x86 recipe, calibrate, convert."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0][0],))
+    with torch.no_grad():
+        for x, _ in calib[:iterations]:
+            prepared(x)
+    return convert_fx(prepared)
+
+
+def top1(model: nn.Module, data: List[Tuple[torch.Tensor, torch.Tensor]]) -> float:
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in data:
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return correct / total
+
+
+def cosine_to(reference: torch.Tensor, inputs: torch.Tensor) -> Callable[[nn.Module], float]:
+    def score(model: nn.Module) -> float:
+        with torch.inference_mode():
+            out = model(inputs)
+        return float(nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0))
+    return score
+
+
+def tuner_config(workspace: str, timeout: float = 0, metric: bool = True) -> Dict[str, Any]:
+    conf: Dict[str, Any] = {
+        "framework": {"name": "pytorch"},
+        "calibration": {"iterations": [10], "algorithm": {"activation": ["minmax", "kl"]}},
+        "quantization": {"approach": "post_training_static_quant",
+                         "weight": {"dtype": "int8", "scheme": ["sym"], "granularity": ["per_channel", "per_tensor"]},
+                         "activation": {"dtype": "uint8", "scheme": ["asym"], "granularity": "per_tensor"}},
+        "tuning": {"strategy": "basic", "accuracy_criterion": {"relative": 0.01}, "objective": "performance",
+                   "timeout": timeout, "max_trials": 50, "workspace": {"path": workspace}},
+    }
+    if metric:
+        conf["tuning"]["metric"] = {"topk": 1}
+    return conf
+
+
+def bare_quantize(model: nn.Module, tune_cfg: Dict[str, Any], calib: List[Tuple[torch.Tensor, Any]]) -> nn.Module:
+    """The same config with torch calls only: one qconfig per op by name, calibrate, convert."""
+    from torch.ao.quantization import QConfigMapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from ilit_pytorch.backend import make_qconfig
+
+    mapping = QConfigMapping()
+    for name, op in tune_cfg["ops"].items():
+        mapping.set_module_name(name, make_qconfig(op, tune_cfg["approach"]))
+    prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calib[0][0],))
+    with torch.no_grad():
+        for x, _ in calib[:tune_cfg["calibration"]["iterations"]]:
+            prepared(x)
+    return convert_fx(prepared)
+
+
+# ----------------------------------------------------------------------------- the run
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-b1", type=int, default=20)
+    parser.add_argument("--runs-b16", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    logging.getLogger("ilit").setLevel(logging.WARNING)
+    logging.getLogger("ilit").addHandler(logging.NullHandler())
+    tmp = tempfile.mkdtemp(prefix="ilit-bench-")
+    rows = []
+
+    # --- ResNet-18 at 224x224
+    net = resnet18_with_bn_stats()
+    g = torch.Generator().manual_seed(1)
+    calib = [(torch.randn(8, 3, 224, 224, generator=g), None) for _ in range(10)]
+    evalx = torch.randn(16, 3, 224, 224, generator=g)
+    with torch.inference_mode():
+        ref = net(evalx)
+    t0 = time.perf_counter()
+    tuner = ilit.Tuner(tuner_config(os.path.join(tmp, "resnet"), metric=False))
+    r_int8 = tuner.tune(net, q_dataloader=calib, eval_func=cosine_to(ref, evalx))
+    r_tune_s = time.perf_counter() - t0
+    assert r_int8 is not None, "ilit found no INT8 ResNet-18 within 1% of the FP32 logits"
+    r_hand = by_hand_fx(net, calib, 10)
+    r_cos = {"ilit": cosine_to(ref, evalx)(r_int8), "hand": cosine_to(ref, evalx)(r_hand)}
+    for batch, runs in ((1, args.runs_b1), (16, args.runs_b16)):
+        x = torch.randn(batch, 3, 224, 224, generator=g)
+        lat = {k: median_ms(lambda m=m: m(x), runs) for k, m in (("fp32", net), ("ilit", r_int8), ("hand", r_hand))}
+        rows.append(("ResNet-18 3x224x224", batch, lat))
+    r_size = (saved_size(net, tuner.adaptor), saved_size(r_int8, tuner.adaptor))
+
+    # --- the demo's digits CNN: accuracy, latency, and tuning overhead
+    model, train_data, test_data = trained_digits_cnn()
+    t0 = time.perf_counter()
+    dt = ilit.Tuner(tuner_config(os.path.join(tmp, "digits"), timeout=600))  # explore every model-wise config
+    d_int8 = dt.tune(model, q_dataloader=train_data, eval_dataloader=test_data)
+    d_tune_s = time.perf_counter() - t0
+    assert d_int8 is not None
+    d_hand = by_hand_fx(model, train_data, 10)
+    acc = {"fp32": top1(model, test_data), "ilit": top1(d_int8, test_data), "hand": top1(d_hand, test_data)}
+    xb = test_data[0][0]
+    lat = {k: median_ms(lambda m=m: m(xb), 50) for k, m in (("fp32", model), ("ilit", d_int8), ("hand", d_hand))}
+    rows.append((f"DigitsCNN 1x8x8", len(xb), lat))
+
+    # the same configs, by hand: baseline evaluation + for each trial, quantize and evaluate
+    t_bare = time.perf_counter()
+    top1(model, test_data)
+    for trial in dt.history.trials:
+        top1(bare_quantize(model, trial.tune_cfg, train_data), test_data)
+    bare_s = time.perf_counter() - t_bare
+
+    # --- the table
+    load = os.getloadavg()
+    print()
+    print(f"ilit-pytorch speedup benchmark: torch {torch.__version__}, {THREADS} threads, {platform.processor() or platform.machine()}, "
+          f"engine {torch.backends.quantized.engine}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    head = f"{'model':22}{'batch':>6}{'FP32 ms':>10}{'ilit INT8 ms':>14}{'by-hand ms':>12}{'FP32/ilit':>11}{'by-hand/ilit':>14}"
+    print(head)
+    print("-" * len(head))
+    for name, batch, l in rows:
+        print(f"{name:22}{batch:>6}{l['fp32']:>10.2f}{l['ilit']:>14.2f}{l['hand']:>12.2f}"
+              f"{l['fp32'] / l['ilit']:>10.2f}x{l['hand'] / l['ilit']:>13.2f}x")
+    print()
+    rel = (acc["fp32"] - acc["ilit"]) / acc["fp32"]
+    print(f"digits top-1 ({sum(len(y) for _, y in test_data)} test images): FP32 {acc['fp32']:.4f}, ilit INT8 {acc['ilit']:.4f} "
+          f"(relative loss {100 * rel:+.2f}%), by-hand INT8 {acc['hand']:.4f}")
+    print(f"ResNet-18 logits cosine to FP32 (16 images): ilit INT8 {r_cos['ilit']:.4f}, by-hand INT8 {r_cos['hand']:.4f}; "
+          f"saved size {r_size[0] / 1e6:.1f} MB -> {r_size[1] / 1e6:.1f} MB ({r_size[1] / r_size[0]:.3f}x)")
+    print(f"ResNet-18 tuning: {len(tuner.history.trials)} trial(s), {r_tune_s:.1f}s wall")
+    overhead = d_tune_s / bare_s - 1
+    print(f"digits tuning: {len(dt.history.trials)} trials, Tuner.tune {d_tune_s:.1f}s wall vs bare quantize+evaluate of the "
+          f"same configs (and the FP32 evaluation) {bare_s:.1f}s: overhead {100 * overhead:+.1f}% "
+          f"(ilit also times each passing model and saves the best one)")
+    b1 = next(l for n, b, l in rows if b == 1)
+    b16 = next(l for n, b, l in rows if b == 16)
+    checks = [
+        ("INT8 >= 2.5x FP32 (ResNet-18, batch 1 and 16)", min(b1["fp32"] / b1["ilit"], b16["fp32"] / b16["ilit"]) >= 2.5),
+        ("ilit INT8 at least as fast as by hand (ResNet-18, within 5% timing noise)",
+         max(b1["ilit"] / b1["hand"], b16["ilit"] / b16["hand"]) <= 1.05),
+        ("relative accuracy loss <= 1% (digits)", rel <= 0.01),
+        ("tuning overhead <= 10%", overhead <= 0.10),
+    ]
+    for text, ok in checks:
+        print(f"  [{'x' if ok else ' '}] {text}")
+
+
+if __name__ == "__main__":
+    main()
