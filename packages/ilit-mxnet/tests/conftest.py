@@ -7,30 +7,12 @@ import pytest
 
 import ilit
 import mxnet as mx
+from ilit_metrics import Topk
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from sklearn.datasets import load_digits
 
 BATCH = 64
-
-
-class Top1(ilit.Metric):
-    """Top-1 accuracy over numpy logits and labels (a local metric until the suite uses ilit-metrics' topk)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.correct = 0
-        self.total = 0
-
-    def update(self, preds, labels) -> None:
-        preds = preds[0] if isinstance(preds, (list, tuple)) else preds
-        self.correct += int((np.asarray(preds).argmax(axis=1) == np.asarray(labels).astype(int)).sum())
-        self.total += len(labels)
-
-    def result(self) -> float:
-        return self.correct / max(self.total, 1)
 
 
 def batches(x: np.ndarray, y: np.ndarray, size: int = BATCH):
@@ -129,7 +111,8 @@ def module_model(digits):
 
 
 def accuracy(adaptor, model, evalset) -> float:
-    return adaptor.evaluate(model, evalset, Top1())
+    """Top-1 accuracy through the adaptor's evaluate and ilit-metrics' ``topk``."""
+    return adaptor.evaluate(model, evalset, Topk(1))
 
 
 def make_adaptor(**conf):

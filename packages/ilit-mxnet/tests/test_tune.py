@@ -6,7 +6,7 @@ import json
 import os
 
 import ilit
-from conftest import Top1, accuracy, make_adaptor
+from conftest import accuracy, make_adaptor
 from ilit_mxnet import SymbolModel, node_precisions
 
 
@@ -40,16 +40,11 @@ def test_basic_strategy_tunes_digits_within_one_percent(gluon_net, calib, evalse
     assert accuracy(make_adaptor(), saved, evalset) == acc
 
 
-def test_tune_with_a_forced_fallback_and_a_metric(gluon_net, calib, evalset, tmp_path, monkeypatch):
-    from ilit import registry
-
-    real_load = registry.load
-    monkeypatch.setattr(registry, "load", lambda kind, name: Top1 if (kind, name) == ("metric", "top1")
-                        else real_load(kind, name))
+def test_tune_with_a_forced_fallback_and_the_topk_metric(gluon_net, calib, evalset, tmp_path):
     conf = {
         "framework": {"name": "mxnet"},
         "calibration": {"iterations": [4], "algorithm": {"activation": "kl"}},
-        "tuning": {"metric": "top1", "accuracy_criterion": {"relative": 0.01},
+        "tuning": {"metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01},
                    "ops": {"digits_dense1_fwd": {"activation": {"dtype": "fp32"}, "weight": {"dtype": "fp32"}}},
                    "workspace": {"path": str(tmp_path / "ws")}},
     }
