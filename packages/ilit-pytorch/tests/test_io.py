@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DigitsCNN, UntraceableNet, make_adaptor, uniform_cfg
+from conftest import DigitsCNN, ResidualNet, UntraceableNet, make_adaptor, uniform_cfg
 
 from ilit.objectives import saved_size
 from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE
@@ -90,6 +90,23 @@ def test_inspect_tensor_gives_fp32_and_int8_activations_per_op(trained_cnn, digi
     assert (fp32["features.0"][0] >= 0).all()
     with torch.no_grad():
         assert np.allclose(fp32["fc2"][0], trained_cnn(digits[1][0][0]).numpy(), atol=1e-4)
+
+
+def test_inspect_tensor_covers_add_and_cat(digits):
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0])
+    ops = ["conv_a", "add", "cat"]
+    fp32 = adaptor.inspect_tensor(model, digits[1], ops, [1])
+    int8 = adaptor.inspect_tensor(q, digits[1], ops, [1])
+    for op in ops:
+        assert len(fp32[op]) == len(int8[op]) == 1, op
+        a, b = fp32[op][0], int8[op][0]
+        assert a.shape == b.shape and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.97, op
+    assert fp32["cat"][0].shape[1] == 32
+    assert (fp32["add"][0] >= 0).all()  # the add's output is taken after the relu fused with it
+    assert type(q.get_submodule("conv_a")).__name__ == "Conv2d"  # the int8 model is left as it was
 
 
 def test_fingerprint_tracks_weights(trained_cnn):

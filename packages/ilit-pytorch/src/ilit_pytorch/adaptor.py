@@ -20,9 +20,10 @@ from torch import nn  # noqa: E402
 
 from . import backend  # noqa: E402
 from .backend import DYNAMIC, QAT, STATIC  # noqa: E402
-from .calibration import (batch_inputs, call_model, collect_stats, load_stats, run_batches, stat_kinds,  # noqa: E402
-                          tapped_model)
-from .graph import Analysis, analyze, keep_off_fast_path, qconfig_entries, set_submodule  # noqa: E402
+from .calibration import (Tap, batch_inputs, call_model, collect_stats, load_stats, run_batches,  # noqa: E402
+                          stat_kinds, tapped_model)
+from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_off_fast_path,  # noqa: E402
+                    qconfig_entries, set_submodule)
 from .serialize import load_model, save_model  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
@@ -58,6 +59,8 @@ class PyTorchAdaptor(Adaptor):
         self._stats: Dict[Tuple[int, Any], Any] = {}
         self._example: Any = None
         self._warned_train = False
+        # quantized model id -> (weakref, {add/cat op name: (unit prefix, op)}), for inspect_tensor
+        self._functional: Dict[int, Tuple[Any, Dict[str, Tuple[str, Op]]]] = {}
 
     # ---------------------------------------------------------------- analysis
     def _approach(self) -> str:
@@ -153,6 +156,8 @@ class PyTorchAdaptor(Adaptor):
                 set_submodule(q, prefix, c)
         q.eval()
         q._ilit_quantized = True
+        self._functional[id(q)] = (weakref.ref(q), {op.name: (u.prefix, op) for u in analysis.units
+                                                    for op in u.ops.values() if not op.weighted})
         return q
 
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
@@ -206,10 +211,11 @@ class PyTorchAdaptor(Adaptor):
         out: Dict[str, List[np.ndarray]] = {name: [] for name in op_list}
         current: Dict[str, np.ndarray] = {}
         handles = []
+        swapped: List[Tuple[str, nn.Module]] = []
         fp32 = not getattr(model, "_ilit_quantized", False) and self._approach() != DYNAMIC
         if fp32:
             analysis = self.analysis(model, False)
-            node_to_op = {u.prefix: {op.node: op.name for op in u.ops.values() if op.name in wanted} for u in analysis.units}
+            node_to_op = {u.prefix: {op.out: op.name for op in u.ops.values() if op.name in wanted} for u in analysis.units}
 
             def make_callback(prefix: str) -> Callable[[str, Any], None]:
                 names = node_to_op.get(prefix, {})
@@ -231,6 +237,25 @@ class PyTorchAdaptor(Adaptor):
                     current[name] = (t.dequantize() if t.is_quantized else t).float().numpy().copy()
                 handles.append(module.register_forward_hook(hook))
             runner = model
+            hit = self._functional.get(id(model))
+            functional = hit[1] if hit is not None and hit[0]() is model else {}
+            by_unit: Dict[str, Dict[str, str]] = {}
+            for name in op_list:
+                if name in functional:
+                    prefix, op = functional[name]
+                    node = find_functional(get_submodule(model, prefix), op)
+                    if node is not None:
+                        by_unit.setdefault(prefix, {})[node] = name
+            for prefix, names in by_unit.items():
+                def record(node: str, value: Any, names: Dict[str, str] = names) -> None:
+                    if node in names:
+                        current[names[node]] = (value.dequantize() if value.is_quantized else value).float().numpy().copy()
+                tap = Tap(get_submodule(model, prefix), record)
+                if prefix == "":
+                    runner = tap
+                else:
+                    swapped.append((prefix, get_submodule(model, prefix)))
+                    set_submodule(model, prefix, tap)
         try:
             with torch.no_grad():
                 for i, batch in enumerate(dataloader):
@@ -246,6 +271,8 @@ class PyTorchAdaptor(Adaptor):
         finally:
             for h in handles:
                 h.remove()
+            for prefix, module in swapped:
+                set_submodule(model, prefix, module)
         return out
 
     # ---------------------------------------------------------------- files

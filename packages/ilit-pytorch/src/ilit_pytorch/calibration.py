@@ -73,13 +73,13 @@ class _TapInterpreter(fx.Interpreter):
 
     def run_node(self, n: Node) -> Any:
         out = super().run_node(n)
-        if n.op != "get_attr" and isinstance(out, torch.Tensor) and out.is_floating_point():
+        if n.op != "get_attr" and isinstance(out, torch.Tensor) and (out.is_floating_point() or out.is_quantized):
             self._on_output(n.name, out.detach())
         return out
 
 
 class Tap(nn.Module):
-    """Runs a fused fp32 graph node by node and hands each node's float output to ``on_output``."""
+    """Runs a graph node by node and hands each node's float (or quantized) output to ``on_output``."""
 
     def __init__(self, gm: GraphModule, on_output: Callable[[str, torch.Tensor], None]) -> None:
         super().__init__()

@@ -15,13 +15,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
 from . import backend
 
 __all__ = ["Op", "Unit", "Analysis", "analyze", "qualify", "get_submodule", "set_submodule", "LeafWrapper",
-           "qconfig_entries", "keep_off_fast_path"]
+           "qconfig_entries", "keep_off_fast_path", "find_functional"]
 
 log = logging.getLogger("ilit")
 
@@ -74,6 +75,12 @@ class Op:
     op_type: str
     node: str
     weighted: bool
+    #: for add/cat: the source line FX recorded and the op's rank among same-kind ops of that line,
+    #: which is how the op is found again in the converted graph (convert keeps the stack trace)
+    trace: str = ""
+    trace_rank: int = 0
+    #: the node whose output inspect_tensor reports (an add's relu, if one follows it, as int8 fuses them)
+    out: str = ""
 
 
 @dataclass
@@ -109,6 +116,7 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
     unit = Unit(prefix=prefix, leaf=leaf, fused=fused, scope=scope)
     modules = dict(fused.named_modules(remove_duplicate=False))
     seen: Dict[str, int] = defaultdict(int)
+    traces: Dict[Tuple[str, str], int] = defaultdict(int)
     for node in fused.graph.nodes:
         if node.op == "call_module":
             op_type = backend.weighted_op_type(modules[node.target])
@@ -117,7 +125,7 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
             local = "" if leaf else node.target
             name = qualify(prefix, local)
             if name not in unit.ops:
-                unit.ops[name] = Op(name, op_type, node.name, weighted=True)
+                unit.ops[name] = Op(name, op_type, node.name, weighted=True, out=node.name)
         elif node.op == "call_function":
             kind = backend.functional_op_kind(node.target)
             if kind is None or (kind == "add" and not all(isinstance(a, Node) for a in node.args[:2])):
@@ -127,8 +135,41 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
             k = seen[base]
             seen[base] += 1
             name = base if k == 0 else f"{base}_{k}"
-            unit.ops[name] = Op(name, kind, node.name, weighted=False)
+            trace = node.meta.get("stack_trace", "")
+            rank = traces[(trace, kind)]
+            traces[(trace, kind)] += 1
+            unit.ops[name] = Op(name, kind, node.name, weighted=False, trace=trace, trace_rank=rank,
+                                out=_through_relu(node, modules).name)
     return unit
+
+
+def _through_relu(node: Node, modules: Dict[str, nn.Module]) -> Node:
+    """``node``, or the relu that is its only user (int8 graphs fuse add+relu into one op)."""
+    if len(node.users) != 1:
+        return node
+    user = next(iter(node.users))
+    if user.op == "call_module" and isinstance(modules.get(user.target), nn.ReLU):
+        return user
+    if user.op == "call_function" and user.target in (torch.relu, nn.functional.relu):
+        return user
+    if user.op == "call_method" and user.target == "relu":
+        return user
+    return node
+
+
+def find_functional(gm: GraphModule, op: Op) -> Optional[str]:
+    """The node of a converted (or any traced) graph that computes the add/cat ``op``, by source line and rank."""
+    if not op.trace:
+        return None
+    rank = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.meta.get("stack_trace", "") != op.trace:
+            continue
+        if op.op_type in str(getattr(node.target, "__name__", node.target)) or op.op_type in str(node.target):
+            if rank == op.trace_rank:
+                return _through_relu(node, dict(gm.named_modules(remove_duplicate=False))).name
+            rank += 1
+    return None
 
 
 def analyze(model: nn.Module, is_qat: bool) -> Analysis:
