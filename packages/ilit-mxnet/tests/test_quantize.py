@@ -121,6 +121,9 @@ def test_calibration_matches_mxnet_quantize_net_v2(algo, mode, gluon_net, calib)
     assert mine.keys() == theirs.keys() and len(mine) >= 4
     for node in mine:
         np.testing.assert_allclose(mine[node], theirs[node], rtol=1e-5, atol=1e-6, err_msg=node)
+    # in fact the whole INT8 graph is MXNet's, node for node
+    graph = [(n["op"], n["name"], n.get("attrs")) for n in json.loads(q.symbol.tojson())["nodes"]]
+    assert graph == [(n["op"], n["name"], n.get("attrs")) for n in json.loads(ref_sym.tojson())["nodes"]]
 
 
 def test_kl_and_minmax_differ_and_both_hold_accuracy(gluon_net, calib, evalset):
@@ -185,3 +188,32 @@ def test_approaches(gluon_net, calib, evalset):
     with pytest.raises(ilit.ConfigError, match="quant_aware_training"):
         ilit.TuningSpace.build(ad.query_fw_capability(gluon_net), ilit.load_config(
             {"quantization": {"approach": "quant_aware_training"}}))
+
+
+class _TwoInputs(mx.gluon.HybridBlock):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        with self.name_scope():
+            self.a = mx.gluon.nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.b = mx.gluon.nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.fc = mx.gluon.nn.Dense(10)
+
+    def hybrid_forward(self, F, x, y):
+        return self.fc(F.concat(self.a(x), self.b(y), dim=1))
+
+
+def test_multi_input_gluon_model(calib):
+    mx.random.seed(5)
+    net = _TwoInputs(prefix="two_")
+    net.initialize(mx.init.Xavier())
+    loader = [((x, x[:, :, ::-1].copy()), y) for x, y in calib[:3]]  # batches of ((input0, input1), labels)
+    ad = make_adaptor()
+    _space, cfg = first_config(ad, net)
+    q = ad.quantize(cfg, net, loader)
+    assert q.data_names == ["data0", "data1"]
+    assert node_precisions(q) == {"two_conv0_fwd": "int8", "two_conv1_fwd": "int8", "two_concat0": "int8",
+                                  "two_dense0_fwd": "int8"}
+    inputs = loader[1][0]
+    ref = net(*[mx.nd.array(a) for a in inputs]).asnumpy()
+    out = ad.infer(q, inputs).asnumpy()
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() and not np.array_equal(out, ref)
