@@ -282,17 +282,21 @@ class BayesianStrategy(Strategy):
         return m
 
     def _fit(self) -> Any:
+        """Fit the GP to the margins seen so far, starting from the last fit's kernel (a warm start)."""
         gp_mod = require_sklearn()
         k = gp_mod.kernels
         X = self.features(np.asarray(self._X))
-        kernel = (k.ConstantKernel(1.0, (1e-3, 1e3)) * k.DotProduct(1.0, (1e-3, 1e3))
-                  + k.ConstantKernel(1.0, (1e-3, 1e3)) * k.Matern(math.sqrt(max(X.shape[1], 1)), (1e-2, 1e3), nu=2.5)
-                  + k.WhiteKernel(1e-3, (1e-6, 1e-1)))
-        gp = gp_mod.GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
+        kernel = getattr(self, "_kernel", None)
+        if kernel is None:  # additive per-op effects (linear part) plus interactions (Matern part)
+            kernel = (k.ConstantKernel(1.0, (1e-3, 1e3)) * k.DotProduct(1.0, "fixed")
+                      + k.ConstantKernel(1.0, (1e-3, 1e3)) * k.Matern(math.sqrt(max(X.shape[1], 1)), (1e-2, 1e3), nu=2.5)
+                      + k.WhiteKernel(1e-3, (1e-6, 1e-1)))
+        gp = gp_mod.GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0,
                                              random_state=int(self.context.seed) % (2 ** 32))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gp.fit(X, self._margins())
+        self._kernel = gp.kernel_
         return gp
 
     def acquisition(self, gp: Any, pool: np.ndarray) -> np.ndarray:
