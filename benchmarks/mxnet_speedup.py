@@ -17,6 +17,7 @@ accuracy loss <= 1%. Run in the mxnet nox venv (MXNet 1.9.1, numpy 1.23.5):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -131,6 +132,11 @@ def main(argv: List[str] = None) -> int:
     hand.hybridize(static_alloc=True, static_shape=True)
     net.hybridize(static_alloc=True, static_shape=True)  # quantize_net_v2 re-hybridized it without the flags
 
+    def _graph(symbol: Any) -> list:
+        return [(n["op"], n["name"], n.get("attrs")) for n in json.loads(symbol.tojson())["nodes"]]
+
+    same_graph = _graph(ilit_model.symbol) == _graph(hand._cached_graph[1])
+
     models: Dict[str, Callable[[Any], Any]] = {"FP32": net, "ilit INT8": ilit_model, "by-hand INT8": hand}
     acc = {k: accuracy(m) for k, m in models.items()}
 
@@ -188,11 +194,13 @@ def main(argv: List[str] = None) -> int:
     print(f"size: ilit INT8 / FP32 = {sizes['ilit INT8'] / sizes['FP32']:.3f}, by hand / FP32 = "
           f"{sizes['by-hand INT8'] / sizes['FP32']:.3f} (oneDNN's INT8 conv keeps FP32 weights in the file and "
           f"quantizes them at load time)")
-    sp = lat["FP32"][args.batch] / lat["ilit INT8"][args.batch]
-    vs_hand = lat["by-hand INT8"][args.batch] / lat["ilit INT8"][args.batch]
-    print(f"goals (batch {args.batch}): INT8 >= 2.5x FP32: {'met' if sp >= 2.5 else 'NOT met'} ({sp:.2f}x); "
-          f"ilit at least as fast as by hand: {'met' if vs_hand >= 0.97 else 'NOT met'} ({vs_hand:.2f}x, 3% "
-          f"timing tolerance); accuracy loss <= 1%: {'met' if rel <= 0.01 else 'NOT met'} ({rel * 100:.2f}%)")
+    for bs in (1, args.batch):
+        sp = lat["FP32"][bs] / lat["ilit INT8"][bs]
+        vs_hand = lat["by-hand INT8"][bs] / lat["ilit INT8"][bs]
+        print(f"goals (batch {bs}): INT8 >= 2.5x FP32: {'met' if sp >= 2.5 else 'NOT met'} ({sp:.2f}x); ilit at least "
+              f"as fast as by hand: {'met' if vs_hand >= 1.0 else 'NOT met'} ({vs_hand:.2f}x)")
+    print(f"ilit's INT8 graph is node for node the by-hand one: {'yes' if same_graph else 'no'}")
+    print(f"goal: relative accuracy loss <= 1%: {'met' if rel <= 0.01 else 'NOT met'} ({rel * 100:.2f}%)")
     print("load:", os.popen("uptime").read().strip())
     return 0
 

@@ -162,10 +162,14 @@ class SymbolModel:
 
     def __call__(self, *inputs: Any) -> Union[mx.nd.NDArray, List[mx.nd.NDArray]]:
         """Run one batch; returns an NDArray (a list for several outputs), asynchronously like Gluon does."""
+        block = self._block if self._block is not None else self._get_block()
+        if not self.label_names and len(inputs) == len(self.data_names) and \
+                all(type(x) is mx.nd.NDArray for x in inputs):
+            return block(*inputs)  # the common case, with no Python work in front of MXNet's cached graph
         xs = as_nd_inputs(inputs[0] if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) else inputs)
         if len(xs) != len(self.data_names):
             raise ValueError(f"the model takes {len(self.data_names)} inputs {self.data_names}, got {len(xs)}")
-        return self._get_block()(*xs, *self._labels(xs))
+        return block(*xs, *self._labels(xs))
 
     def __repr__(self) -> str:
         kind = "INT8" if self.meta.get("quantized") else "FP32"
