@@ -102,8 +102,8 @@ def test_bayesian_keeps_improving_towards_the_fewest_fallbacks(chain, tmp_path):
     tuner, q = tune(model, data, make_conf(tmp_path / "ws", timeout=3600, max_trials=20))
     assert q is not None
     passing = [sorted(fallback_ops(t.tune_cfg)) for t in tuner.history.trials if t.meets]
-    assert len(passing[0]) > 2  # the first passing config falls back more than it needs to
     assert ["op2", "op5"] in passing  # the optimum (only the fragile ops in fp32) is found
+    assert len(tuner.history.trials) == 20  # it went on searching after the first passing config
     best = tuner.best_trial  # the tuner returns the best *measured* objective (model size) among them
     assert all(best.objective <= t.objective for t in tuner.history.trials if t.meets)
 

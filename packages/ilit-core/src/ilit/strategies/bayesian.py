@@ -68,6 +68,8 @@ class BayesianStrategy(Strategy):
     enumerate_limit: int = 4096
     #: random configs fall back each op with a probability drawn from [0, this)
     max_fallback_rate: float = 0.5
+    #: random configs give each op a random choice (not the model-wise one) with this probability
+    mix_rate: float = 0.1
 
     @classmethod
     def check(cls, adaptor: Any) -> None:
@@ -156,10 +158,10 @@ class BayesianStrategy(Strategy):
                 self._X.append(vec)
                 self._R.append(self.last)
 
-        preferred = self.space.model_wise_configs()
-        self._preferred = self.encode(preferred[0]) if preferred else None
-        if self._preferred is not None and not self._all_fp32(self._preferred[None, :])[0]:
-            yield from propose(self._preferred)
+        mw = [v for v in (self.encode(c) for c in self.space.model_wise_configs()) if v is not None]
+        self._mw = np.asarray(mw, dtype=np.int64).reshape(-1, len(self._sizes))
+        if len(self._mw) and not self._all_fp32(self._mw[:1])[0]:
+            yield from propose(self._mw[0])  # the most-preferred model-wise config first
         for _ in range(self.n_initial):
             vec = self._random_new(rng)
             if vec is None:
@@ -172,10 +174,19 @@ class BayesianStrategy(Strategy):
             yield from propose(vec)
 
     def _random(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` seeded random configs, each with its own fallback rate in [0, max_fallback_rate)."""
-        out = np.empty((n, len(self._sizes)), dtype=np.int64)
+        """``n`` seeded random configs: a random model-wise config, a few ops given another choice
+        (``mix_rate``), then fp32 fallback at a per-config rate in [0, max_fallback_rate).
+
+        Starting from model-wise configs keeps most candidates uniform, which frameworks that cannot
+        mix some choices across ops (one activation dtype per model, ...) can build.
+        """
+        if len(self._mw):
+            out = self._mw[rng.integers(0, len(self._mw), n)].copy()
+        else:
+            out = np.zeros((n, len(self._sizes)), dtype=np.int64)
         for j, size in enumerate(self._sizes):
-            out[:, j] = rng.integers(0, size, n)
+            other = rng.integers(0, size, n)
+            out[:, j] = np.where(rng.uniform(size=n) < (self.mix_rate if len(self._mw) else 1.0), other, out[:, j])
         rate = rng.uniform(0.0, self.max_fallback_rate, n)
         for j, fp in enumerate(self._fp32):
             if fp < 0 or self._sizes[j] <= 1:
@@ -183,6 +194,7 @@ class BayesianStrategy(Strategy):
             n_quant = self._sizes[j] - 1
             quant = rng.integers(0, n_quant, n)
             quant = np.where(quant >= fp, quant + 1, quant)  # a random quantized choice
+            quant = np.where(out[:, j] == fp, quant, out[:, j])  # keep the choice made above unless fp32
             out[:, j] = np.where(rng.uniform(size=n) < rate, fp, quant)
         return out
 
@@ -200,13 +212,14 @@ class BayesianStrategy(Strategy):
     def _local_moves(self, rng: np.random.Generator, anchor: np.ndarray) -> List[np.ndarray]:
         """Configs one or a few op changes away from ``anchor``."""
         moves: List[np.ndarray] = []
-        pref = self._preferred
+        # ops being quantized take their choice in the model-wise config most like the anchor
+        pref = self._mw[int(np.argmax((self._mw == anchor[None, :]).sum(axis=1)))] if len(self._mw) else None
         for j, size in enumerate(self._sizes):
             if size <= 1:
                 continue
             fp = self._fp32[j] if j < len(self._fp32) else -1
             v = anchor.copy()
-            if fp >= 0 and anchor[j] == fp:  # quantize it, preferably with the preferred choice
+            if fp >= 0 and anchor[j] == fp:  # quantize it
                 v[j] = pref[j] if pref is not None and pref[j] != fp else (fp + 1) % size
             elif fp >= 0:
                 v[j] = fp
