@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import os
 import platform
 import statistics
@@ -95,16 +94,20 @@ def resnet18_with_bn_stats(seed: int = 0) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- helpers
-def median_ms(fn: Callable[[], Any], runs: int, warmup: int = 2) -> float:
+def interleaved_ms(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int, warmup: int = 2) -> Dict[str, float]:
+    """Median latency of each model; the models take turns in every round, so a change in the load of
+    this shared machine hits them all alike instead of whichever happens to run then."""
+    times: Dict[str, List[float]] = {k: [] for k in models}
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+        for m in models.values():
+            for _ in range(warmup):
+                m(x)
+        for _ in range(rounds):
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - t0)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def by_hand_fx(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]], iterations: int) -> nn.Module:
@@ -197,29 +200,33 @@ def main() -> None:
     r_cos = {"ilit": cosine_to(ref, evalx)(r_int8), "hand": cosine_to(ref, evalx)(r_hand)}
     for batch, runs in ((1, args.runs_b1), (16, args.runs_b16)):
         x = torch.randn(batch, 3, 224, 224, generator=g)
-        lat = {k: median_ms(lambda m=m: m(x), runs) for k, m in (("fp32", net), ("ilit", r_int8), ("hand", r_hand))}
-        rows.append(("ResNet-18 3x224x224", batch, lat))
+        rows.append(("ResNet-18 3x224x224", batch, interleaved_ms({"fp32": net, "ilit": r_int8, "hand": r_hand}, x, runs)))
     r_size = (saved_size(net, tuner.adaptor), saved_size(r_int8, tuner.adaptor))
 
     # --- the demo's digits CNN: accuracy, latency, and tuning overhead
     model, train_data, test_data = trained_digits_cnn()
+    tune_runs, bare_runs = [], []
+    for rep in range(2):  # the better of two runs each, tuning and bare calls alternating
+        t0 = time.perf_counter()
+        dt = ilit.Tuner(tuner_config(os.path.join(tmp, f"digits{rep}"), timeout=600))  # every model-wise config
+        d_int8 = dt.tune(model, q_dataloader=train_data, eval_dataloader=test_data)
+        tune_runs.append(time.perf_counter() - t0)
+        assert d_int8 is not None
+        # the same configs, by hand: the FP32 evaluation, then for each trial quantize and evaluate
+        t0 = time.perf_counter()
+        top1(model, test_data)
+        for trial in dt.history.trials:
+            top1(bare_quantize(model, trial.tune_cfg, train_data), test_data)
+        bare_runs.append(time.perf_counter() - t0)
+    d_tune_s, bare_s = min(tune_runs), min(bare_runs)
     t0 = time.perf_counter()
-    dt = ilit.Tuner(tuner_config(os.path.join(tmp, "digits"), timeout=600))  # explore every model-wise config
-    d_int8 = dt.tune(model, q_dataloader=train_data, eval_dataloader=test_data)
-    d_tune_s = time.perf_counter() - t0
-    assert d_int8 is not None
+    dt.objective.measure(model, dt.adaptor, test_data[0][0])
+    objective_s = sum(t.objective_s for t in dt.history.trials) + (time.perf_counter() - t0)  # trials + baseline
     d_hand = by_hand_fx(model, train_data, 10)
     acc = {"fp32": top1(model, test_data), "ilit": top1(d_int8, test_data), "hand": top1(d_hand, test_data)}
     xb = test_data[0][0]
-    lat = {k: median_ms(lambda m=m: m(xb), 50) for k, m in (("fp32", model), ("ilit", d_int8), ("hand", d_hand))}
-    rows.append((f"DigitsCNN 1x8x8", len(xb), lat))
+    rows.append(("DigitsCNN 1x8x8", len(xb), interleaved_ms({"fp32": model, "ilit": d_int8, "hand": d_hand}, xb, 50)))
 
-    # the same configs, by hand: baseline evaluation + for each trial, quantize and evaluate
-    t_bare = time.perf_counter()
-    top1(model, test_data)
-    for trial in dt.history.trials:
-        top1(bare_quantize(model, trial.tune_cfg, train_data), test_data)
-    bare_s = time.perf_counter() - t_bare
 
     # --- the table
     load = os.getloadavg()
@@ -240,9 +247,11 @@ def main() -> None:
           f"saved size {r_size[0] / 1e6:.1f} MB -> {r_size[1] / 1e6:.1f} MB ({r_size[1] / r_size[0]:.3f}x)")
     print(f"ResNet-18 tuning: {len(tuner.history.trials)} trial(s), {r_tune_s:.1f}s wall")
     overhead = d_tune_s / bare_s - 1
-    print(f"digits tuning: {len(dt.history.trials)} trials, Tuner.tune {d_tune_s:.1f}s wall vs bare quantize+evaluate of the "
-          f"same configs (and the FP32 evaluation) {bare_s:.1f}s: overhead {100 * overhead:+.1f}% "
-          f"(ilit also times each passing model and saves the best one)")
+    overhead_wo = (d_tune_s - objective_s) / bare_s - 1
+    print(f"digits tuning, {len(dt.history.trials)} trials (best of 2 runs): Tuner.tune {d_tune_s:.2f}s wall vs bare "
+          f"quantize+evaluate of the same configs plus the FP32 evaluation {bare_s:.2f}s: overhead {100 * overhead:+.1f}%; "
+          f"without the {objective_s:.2f}s ilit spends timing each model (the performance objective) "
+          f"{100 * overhead_wo:+.1f}%")
     b1 = next(l for n, b, l in rows if b == 1)
     b16 = next(l for n, b, l in rows if b == 16)
     checks = [
@@ -250,7 +259,8 @@ def main() -> None:
         ("ilit INT8 at least as fast as by hand (ResNet-18, within 5% timing noise)",
          max(b1["ilit"] / b1["hand"], b16["ilit"] / b16["hand"]) <= 1.05),
         ("relative accuracy loss <= 1% (digits)", rel <= 0.01),
-        ("tuning overhead <= 10%", overhead <= 0.10),
+        ("tuning overhead <= 10% (all of Tuner.tune)", overhead <= 0.10),
+        ("tuning overhead <= 10% (besides the latency objective)", overhead_wo <= 0.10),
     ]
     for text, ok in checks:
         print(f"  [{'x' if ok else ' '}] {text}")

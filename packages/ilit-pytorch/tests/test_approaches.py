@@ -8,7 +8,7 @@ from torch.ao.nn.intrinsic import quantized as nniq
 from torch.ao.nn.quantized import dynamic as nnqd
 from torch.ao.quantization import FakeQuantize
 
-from conftest import DigitsCNN, RecurrentNet, UntraceableNet, accuracy, make_adaptor, space_for, train, uniform_cfg
+from conftest import RecurrentNet, UntraceableNet, accuracy, make_adaptor, train, uniform_cfg
 
 from ilit_pytorch import backend
 

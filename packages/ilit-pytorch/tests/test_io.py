@@ -1,7 +1,6 @@
 """save/load without pickle, inspect_tensor, fingerprints, and the error when torch is missing."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -2,12 +2,11 @@
 
 import copy
 
-import pytest
 import torch
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic import quantized as nniq
 
-from conftest import DigitsCNN, ResidualNet, accuracy, make_adaptor, uniform_cfg
+from conftest import ResidualNet, accuracy, make_adaptor, uniform_cfg
 
 from ilit_pytorch import backend
 from ilit_pytorch.observers import PercentileObserver

@@ -14,7 +14,7 @@ import logging
 import operator
 import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.ao.nn.intrinsic as nni
