@@ -70,6 +70,8 @@ class BayesianStrategy(Strategy):
     max_fallback_rate: float = 0.5
     #: random configs give each op a random choice (not the model-wise one) with this probability
     mix_rate: float = 0.1
+    #: at most this many ops get single-op moves around each anchor per step (keeps big models fast)
+    max_local_ops: int = 64
 
     @classmethod
     def check(cls, adaptor: Any) -> None:
@@ -87,7 +89,7 @@ class BayesianStrategy(Strategy):
         self._sizes = np.array([len(ch) for ch in self._choices] + [len(self._iters)])
         self._tables = [self._op_table(ch, fp) for ch, fp in zip(self._choices, self._fp32)]
         self._tables.append(np.eye(len(self._iters)) if len(self._iters) > 1 else np.zeros((1, 0)))
-        self.space_size = int(np.prod([float(s) for s in self._sizes]))  # float: huge spaces must not overflow
+        self.space_size = math.prod(int(s) for s in self._sizes)  # a Python int: no overflow for big models
         self._n_varying = max(1, int(sum(1 for ch in self._choices if len(ch) > 1)))
 
     # ------------------------------------------------------------------ encoding
@@ -212,11 +214,13 @@ class BayesianStrategy(Strategy):
     def _local_moves(self, rng: np.random.Generator, anchor: np.ndarray) -> List[np.ndarray]:
         """Configs one or a few op changes away from ``anchor``."""
         moves: List[np.ndarray] = []
+        varying = [j for j, size in enumerate(self._sizes) if size > 1]
+        if len(varying) > self.max_local_ops:  # big models: single-op moves on a seeded sample of ops
+            varying = sorted(int(j) for j in rng.choice(varying, size=self.max_local_ops, replace=False))
         # ops being quantized take their choice in the model-wise config most like the anchor
         pref = self._mw[int(np.argmax((self._mw == anchor[None, :]).sum(axis=1)))] if len(self._mw) else None
-        for j, size in enumerate(self._sizes):
-            if size <= 1:
-                continue
+        for j in varying:
+            size = self._sizes[j]
             fp = self._fp32[j] if j < len(self._fp32) else -1
             v = anchor.copy()
             if fp >= 0 and anchor[j] == fp:  # quantize it
@@ -231,7 +235,7 @@ class BayesianStrategy(Strategy):
             moves.append(w)
         fallen = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and anchor[j] == self._fp32[j]]
         quantized = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and anchor[j] != self._fp32[j]]
-        for _ in range(4 * len(self._ops)):
+        for _ in range(min(4 * len(self._ops), 2 * self.max_local_ops)):
             v = anchor.copy()
             if fallen and (not quantized or rng.uniform() < 0.5):  # quantize several fallen ops at once
                 k = int(rng.integers(1, len(fallen) + 1))
