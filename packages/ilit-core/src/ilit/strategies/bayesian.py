@@ -51,6 +51,18 @@ def require_sklearn() -> Any:
     return gaussian_process
 
 
+def _one_thread() -> Any:
+    """Run the GP's small linear algebra on one BLAS thread, so idle BLAS threads do not spin
+    beside the framework's own threads while the tuner measures latency."""
+    try:
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
 def _normal_cdf(z: np.ndarray) -> np.ndarray:
     from math import erf
 
@@ -310,7 +322,7 @@ class BayesianStrategy(Strategy):
                       + k.WhiteKernel(1e-3, (1e-6, 1e-1)))
         gp = gp_mod.GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0,
                                              random_state=int(self.context.seed) % (2 ** 32))
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _one_thread():
             warnings.simplefilter("ignore")
             gp.fit(X, self._margins())
         self._kernel = gp.kernel_
@@ -318,7 +330,7 @@ class BayesianStrategy(Strategy):
 
     def acquisition(self, gp: Any, pool: np.ndarray) -> np.ndarray:
         """Constrained expected improvement of each candidate (see the module docstring)."""
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _one_thread():
             warnings.simplefilter("ignore")
             mu, sd = gp.predict(self.features(pool), return_std=True)
         p_meet = _normal_cdf(mu / np.maximum(sd, 1e-9))
