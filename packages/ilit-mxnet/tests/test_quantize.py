@@ -217,3 +217,11 @@ def test_multi_input_gluon_model(calib):
     ref = net(*[mx.nd.array(a) for a in inputs]).asnumpy()
     out = ad.infer(q, inputs).asnumpy()
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() and not np.array_equal(out, ref)
+
+
+def test_uint8_sym_on_signed_data_is_refused_clearly(gluon_net, calib):
+    ad = make_adaptor()
+    _space, cfg = first_config(ad, gluon_net, {"quantization": {"activation": {"dtype": "uint8", "scheme": "sym"}}})
+    signed = [(x - 0.5, y) for x, y in calib[:4]]
+    with pytest.raises(ValueError, match=r"\['data'\] take negative values.*asym"):
+        ad.quantize(cfg, gluon_net, signed)

@@ -56,3 +56,43 @@ def test_tune_with_a_forced_fallback_and_the_topk_metric(gluon_net, calib, evals
     assert best.meta["calibration"] == "kl"
     assert tuner.best_trial.accuracy >= tuner.baseline_accuracy * 0.99
     assert os.path.isfile(tmp_path / "ws" / "best_model" / "model-symbol.json")
+
+
+def test_basic_strategy_falls_back_the_fragile_layer(digits, calib, evalset, tmp_path):
+    """A classifier with one huge (but never used) weight: any INT8 weights for it lose the small ones.
+
+    Every model-wise config misses the goal, so Basic falls ops back one at a time from the last; the
+    fragile layer alone in FP32 meets it, and the returned graph keeps exactly that layer in FP32.
+    """
+    import mxnet as mx
+    from conftest import _train_gluon, make_gluon_net
+
+    mx.random.seed(9)
+    net = make_gluon_net()
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    _train_gluon(net, *digits["train"], epochs=6)
+    params = net.collect_params()
+    w0, b0 = params["digits_dense0_weight"].data(), params["digits_dense0_bias"].data()
+    w0[0] = 0  # hidden unit 0 is always relu(-1) = 0 ...
+    b0[0] = -1
+    w1 = params["digits_dense1_weight"].data()
+    w1[:, 0] = 1000.0  # ... so this huge weight never changes the FP32 output
+    conf = {
+        "framework": {"name": "mxnet"},
+        "calibration": {"iterations": [4], "algorithm": {"activation": "minmax"}},
+        "quantization": {"activation": {"dtype": "int8", "scheme": ["asym", "sym"]}},
+        "tuning": {"metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01},
+                   "workspace": {"path": str(tmp_path / "ws")}},
+    }
+    tuner = ilit.Tuner(conf)
+    best = tuner.tune(net, calib, eval_dataloader=evalset)
+    trials = tuner.history.trials
+    model_wise = [t for t in trials if not ilit.fallback_ops(t.tune_cfg)]
+    assert len(model_wise) == 4 and not any(t.meets for t in model_wise)  # 2 granularities x 2 schemes
+    assert max(t.accuracy for t in model_wise) < 0.5
+    assert best is not None and tuner.best_trial.meets
+    assert ilit.fallback_ops(tuner.best_trial.tune_cfg) == ["digits_dense1_fwd"]
+    prec = node_precisions(best)
+    assert prec.pop("digits_dense1_fwd") == "fp32" and set(prec.values()) == {"int8"}
+    assert tuner.adaptor.calibration_batches == 4  # one calibration served every trial

@@ -46,8 +46,9 @@ def quantized_dtype_for(dtype: str, scheme: str) -> str:
     """ilit's activation (dtype, scheme) as MXNet's ``quantized_dtype``.
 
     MXNet has no zero points: ``sym`` keeps the named dtype for every activation (``int8``, or ``uint8``,
-    which clips negatives), and ``asym`` is MXNet's ``auto``: uint8 for tensors calibrated non-negative
-    (after ReLU), int8 for the others. So ``asym`` gives the same graph for int8 and uint8.
+    which MXNet refuses for tensors with negative values), and ``asym`` is MXNet's ``auto``: uint8 for
+    tensors calibrated non-negative (after ReLU), int8 for the others. So ``asym`` gives the same graph
+    for int8 and uint8.
     """
     if scheme == "asym":
         return "auto"
@@ -198,7 +199,13 @@ class MXNetAdaptor(Adaptor):
             algos = self._tensor_algorithms(graph, needed, quantized, ops_cfg)
             stats = self._calibrate(tune_cfg, src, fp32, graph, dataloader, needed)
             # a precomputed calibration table, handed to MXNet through its collector interface
-            collector.min_max_dict = thresholds(stats, algos, qdtype)
+            table = thresholds(stats, algos, qdtype)
+            negative = [t for t, (lo, _hi) in table.items() if lo < 0]
+            if qdtype == "uint8" and negative:
+                raise ValueError(f"activation uint8/sym makes MXNet quantize every activation as uint8, but "
+                                 f"{negative[:3]} take negative values, which MXNet's uint8 kernels refuse; use "
+                                 f"scheme asym (MXNet's auto: uint8 only where values are >= 0) or dtype int8")
+            collector.min_max_dict = table
             qsym, qargs, auxs = mxq.calib_graph(qsym=qsym, arg_params=fp32.arg_params, aux_params=fp32.aux_params,
                                                 collector=collector, calib_mode="naive", quantized_dtype=qdtype,
                                                 logger=None)
