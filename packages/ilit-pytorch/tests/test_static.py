@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from torch.ao.nn import quantized as nnq
 from torch.ao.nn.intrinsic import quantized as nniq
@@ -117,23 +118,30 @@ def test_functional_ops_are_tunable_too():
 
 
 def test_calibration_statistics_are_reused_not_rerun(trained_cnn, digits):
-    adaptor = make_adaptor({"calibration": {"iterations": 3}})
+    adaptor = make_adaptor({"calibration": {"iterations": 3}})  # the config allows every algorithm
     cfgs = [uniform_cfg(adaptor, trained_cnn, iterations=3),
             uniform_cfg(adaptor, trained_cnn, iterations=3, weight={"scheme": "asym", "granularity": "per_tensor"}),
             uniform_cfg(adaptor, trained_cnn, iterations=3, activation={"scheme": "sym"}),
-            uniform_cfg(adaptor, trained_cnn, iterations=3, fallback=["features.3", "fc2"])]
+            uniform_cfg(adaptor, trained_cnn, iterations=3, fallback=["features.3", "fc2"]),
+            uniform_cfg(adaptor, trained_cnn, iterations=3, activation={"algorithm": "kl"}),
+            uniform_cfg(adaptor, trained_cnn, iterations=3, activation={"algorithm": "percentile"})]
     models = [adaptor.quantize(c, trained_cnn, digits[0]) for c in cfgs]
-    assert adaptor.calibration_batches == 3  # one pass for all four configs
-    adaptor.quantize(uniform_cfg(adaptor, trained_cnn, iterations=3, activation={"algorithm": "kl"}), trained_cnn, digits[0])
-    assert adaptor.calibration_batches == 6  # a new algorithm needs new statistics
+    assert adaptor.calibration_batches == 3  # one pass served all six configs
     adaptor.quantize(uniform_cfg(adaptor, trained_cnn, iterations=2), trained_cnn, digits[0])
-    assert adaptor.calibration_batches == 8  # so does another batch count
-    # the reused statistics give exactly the model a fresh calibration gives
-    fresh = make_adaptor({"calibration": {"iterations": 3}})
+    assert adaptor.calibration_batches == 5  # another batch count needs its own pass
+
+    # a config that allows minmax only records min/max only: a kl request then needs a pass of its own
+    narrow = make_adaptor({"calibration": {"iterations": 3, "algorithm": {"activation": "minmax"}}})
+    narrow.quantize(cfgs[0], trained_cnn, digits[0])
+    narrow.quantize(cfgs[4], trained_cnn, digits[0])
+    assert narrow.calibration_batches == 6
+
+    # the reused statistics give exactly the model a calibration for that config alone gives
+    x = digits[1][0][0]
     for cfg, cached in zip(cfgs[2:], models[2:]):
-        alone = fresh.quantize(cfg, trained_cnn, digits[0])
-        x = digits[1][0][0]
-        assert torch.equal(alone(x), cached(x))
+        algo = cfg["ops"]["features.0"]["activation"]["algorithm"]
+        alone = make_adaptor({"calibration": {"iterations": 3, "algorithm": {"activation": algo}}})
+        assert torch.equal(alone.quantize(cfg, trained_cnn, digits[0])(x), cached(x))
 
 
 def test_the_users_model_is_never_modified(trained_cnn, digits):
@@ -145,3 +153,17 @@ def test_the_users_model_is_never_modified(trained_cnn, digits):
     assert not trained_cnn.training
     for k, v in trained_cnn.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_percentile_observer_clips_rare_outliers():
+    torch.manual_seed(0)
+    x = torch.rand(100_000)  # uniform in [0, 1)
+    x[0] = 50.0  # one outlier
+    mm = torch.ao.quantization.MinMaxObserver(quant_min=0, quant_max=255)
+    pc = PercentileObserver(quant_min=0, quant_max=255, percentile=99.9)
+    mm(x)
+    pc(x)
+    lo, hi = pc._non_linear_param_search()
+    assert float(lo) == 0.0 or float(lo) == pytest.approx(0.0, abs=0.05)
+    assert 0.95 <= float(hi) <= 1.1  # the outlier no longer sets the range
+    assert float(pc.calculate_qparams()[0]) < float(mm.calculate_qparams()[0]) / 20

@@ -6,7 +6,7 @@ import copy
 import hashlib
 import logging
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class PyTorchAdaptor(Adaptor):
         self.calibration_batches = 0  # batches run to calibrate, counted so tests can check the cache
         self.quantize_calls = 0
         self._analyses: Dict[Tuple[int, bool], Tuple[Any, Analysis]] = {}
-        self._stats: Dict[Tuple[int, Any], Any] = {}
+        self._stats: Dict[Tuple[int, Any, int], Tuple[Set[str], Any]] = {}  # (model, approach, batches) -> kinds, stats
         self._example: Any = None
         self._warned_train = False
         # quantized model id -> (weakref, {add/cat op name: (unit prefix, op)}), for inspect_tensor
@@ -160,18 +160,28 @@ class PyTorchAdaptor(Adaptor):
                                                     for op in u.ops.values() if not op.weighted})
         return q
 
+    def _planned_algorithms(self) -> Set[str]:
+        """The activation algorithms this run's config lets the tuner ask for (None = all static ones)."""
+        wanted = set(self.config.quantization.activation.algorithm or ACTIVATION_CAPABILITY[STATIC]["algorithm"])
+        for override in self.config.tuning.ops.values():
+            wanted |= set(override.activation.algorithm or ())
+        return wanted & set(ACTIVATION_CAPABILITY[STATIC]["algorithm"])
+
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
                    q: nn.Module, dataloader: Iterable[Any]) -> None:
-        iterations = int(tune_cfg["calibration"]["iterations"])
-        key = (id(model), calibration_key(tune_cfg))
-        stats = self._stats.get(key)
-        if stats is None:
-            algos = {op["activation"].get("algorithm", "minmax") for op in tune_cfg["ops"].values()
-                     if is_quantized(op) and "activation" in op}
-            stats, ran = collect_stats(model, analysis, dataloader, iterations, stat_kinds(algos))
+        """Load cached statistics into ``prepared``'s observers, running the calibration batches only when
+        this calibration key (approach, batch count, algorithms) has not been seen. The first pass for a
+        batch count records what every algorithm the config allows needs, so later keys reuse it too."""
+        approach, iterations, algos = calibration_key(tune_cfg)
+        key = (id(model), approach, iterations)
+        needed = set(stat_kinds(algos))
+        entry = self._stats.get(key)
+        if entry is None or not needed <= entry[0]:
+            kinds = needed | set(stat_kinds(self._planned_algorithms())) | (entry[0] if entry else set())
+            stats, ran = collect_stats(model, analysis, dataloader, iterations, sorted(kinds))
             self.calibration_batches += ran
-            self._stats[key] = stats
-        if not load_stats(prepared, stats):
+            entry = self._stats[key] = (kinds, stats)
+        if not load_stats(prepared, entry[1]):
             log.info("pytorch adaptor: an observer watches a node the cached statistics lack; calibrating this config")
             self.calibration_batches += run_batches(q, dataloader, iterations)
 
