@@ -200,7 +200,9 @@ class MXNetAdaptor(Adaptor):
             stats = self._calibrate(tune_cfg, src, fp32, graph, dataloader, needed)
             # a precomputed calibration table, handed to MXNet through its collector interface
             table = thresholds(stats, algos, qdtype)
-            negative = [t for t, (lo, _hi) in table.items() if lo < 0]
+            int8_nodes = {op.node for op in quantized}
+            negative = [t for t, (lo, _hi) in table.items()  # fed as uint8 into an INT8 op despite negatives
+                        if lo < 0 and any(c in int8_nodes for c in graph.consumers.get(t, []))]
             if qdtype == "uint8" and negative:
                 raise ValueError(f"activation uint8/sym makes MXNet quantize every activation as uint8, but "
                                  f"{negative[:3]} take negative values, which MXNet's uint8 kernels refuse; use "
