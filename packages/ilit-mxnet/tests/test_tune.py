@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 import ilit
 from conftest import accuracy, make_adaptor
 from ilit_mxnet import SymbolModel, node_precisions
@@ -58,12 +60,9 @@ def test_tune_with_a_forced_fallback_and_the_topk_metric(gluon_net, calib, evals
     assert os.path.isfile(tmp_path / "ws" / "best_model" / "model-symbol.json")
 
 
-def test_basic_strategy_falls_back_the_fragile_layer(digits, calib, evalset, tmp_path):
-    """A classifier with one huge (but never used) weight: any INT8 weights for it lose the small ones.
-
-    Every model-wise config misses the goal, so Basic falls ops back one at a time from the last; the
-    fragile layer alone in FP32 meets it, and the returned graph keeps exactly that layer in FP32.
-    """
+@pytest.fixture(scope="module")
+def fragile_net(digits):
+    """A classifier with one huge (but never used) weight: INT8 weights for its last layer lose the small ones."""
     import mxnet as mx
     from conftest import _train_gluon, make_gluon_net
 
@@ -76,19 +75,26 @@ def test_basic_strategy_falls_back_the_fragile_layer(digits, calib, evalset, tmp
     w0, b0 = params["digits_dense0_weight"].data(), params["digits_dense0_bias"].data()
     w0[0] = 0  # hidden unit 0 is always relu(-1) = 0 ...
     b0[0] = -1
-    w1 = params["digits_dense1_weight"].data()
-    w1[:, 0] = 1000.0  # ... so this huge weight never changes the FP32 output
-    conf = {
+    params["digits_dense1_weight"].data()[:, 0] = 1000.0  # ... so this huge weight never changes the FP32 output
+    return net
+
+
+def _fragile_conf(tmp_path, strategy, **quant):
+    return {
         "framework": {"name": "mxnet"},
         "calibration": {"iterations": [4], "algorithm": {"activation": "minmax"}},
-        "quantization": {"activation": {"dtype": "int8", "scheme": ["asym", "sym"]}},
-        "tuning": {"metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01},
+        "quantization": {"activation": {"dtype": "int8", "scheme": ["asym", "sym"]}, **quant},
+        "tuning": {"strategy": strategy, "metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01},
                    "workspace": {"path": str(tmp_path / "ws")}},
     }
-    tuner = ilit.Tuner(conf)
-    best = tuner.tune(net, calib, eval_dataloader=evalset)
-    trials = tuner.history.trials
-    model_wise = [t for t in trials if not ilit.fallback_ops(t.tune_cfg)]
+
+
+def test_basic_strategy_falls_back_the_fragile_layer(fragile_net, calib, evalset, tmp_path):
+    """Every model-wise config misses the goal, so Basic falls ops back one at a time from the last; the
+    fragile layer alone in FP32 meets it, and the returned graph keeps exactly that layer in FP32."""
+    tuner = ilit.Tuner(_fragile_conf(tmp_path, "basic"))
+    best = tuner.tune(fragile_net, calib, eval_dataloader=evalset)
+    model_wise = [t for t in tuner.history.trials if not ilit.fallback_ops(t.tune_cfg)]
     assert len(model_wise) == 4 and not any(t.meets for t in model_wise)  # 2 granularities x 2 schemes
     assert max(t.accuracy for t in model_wise) < 0.5
     assert best is not None and tuner.best_trial.meets
@@ -96,3 +102,15 @@ def test_basic_strategy_falls_back_the_fragile_layer(digits, calib, evalset, tmp
     prec = node_precisions(best)
     assert prec.pop("digits_dense1_fwd") == "fp32" and set(prec.values()) == {"int8"}
     assert tuner.adaptor.calibration_batches == 4  # one calibration served every trial
+
+
+def test_mse_strategy_ranks_the_fragile_layer_first(fragile_net, calib, evalset, tmp_path):
+    """inspect_tensor feeds the MSE strategy: the fragile layer's output drifts most, so it falls back first."""
+    conf = _fragile_conf(tmp_path, "mse", weight={"granularity": "per_tensor"})
+    conf["quantization"]["activation"]["scheme"] = "asym"
+    tuner = ilit.Tuner(conf)
+    best = tuner.tune(fragile_net, calib, eval_dataloader=evalset)
+    trials = tuner.history.trials
+    assert len(trials) == 2 and not trials[0].meets
+    assert ilit.fallback_ops(trials[1].tune_cfg) == ["digits_dense1_fwd"] and trials[1].meets
+    assert node_precisions(best)["digits_dense1_fwd"] == "fp32"
