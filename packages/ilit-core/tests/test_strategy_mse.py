@@ -101,16 +101,36 @@ def test_mse_tunes_by_falling_back_the_sensitive_ops_only(chain, tmp_path):
 
 def test_normalized_mse_compares_ops_of_different_scale():
     rng = np.random.default_rng(0)
-    x = rng.normal(0, 1, (4, 100))
+    x = rng.normal(0, 1, (192, 50))
     noisy = x + rng.normal(0, 0.1, x.shape)
-    small = normalized_mse([x[:2], x[2:]], [noisy[:2], noisy[2:]])
+    small = normalized_mse([x[:64], x[64:128], x[128:]], [noisy[:64], noisy[64:128], noisy[128:]])
     big = normalized_mse([1000 * x], [1000 * noisy])
     assert small == pytest.approx(big)
     assert small == pytest.approx(0.01, rel=0.2)
     assert normalized_mse([x], [x]) == 0.0
     assert normalized_mse([x], [2 * x]) > 0.5  # a scale error is an error (min-max normalizing each would hide it)
-    assert math.isnan(normalized_mse([x], [x[:, :50]]))
+    assert math.isnan(normalized_mse([x], [x[:, :25]]))
     assert math.isnan(normalized_mse([], []))
+
+
+def test_normalized_mse_sees_damage_hidden_by_an_outlier_channel():
+    """Per-tensor uint8 quantization of a tensor with one huge channel wipes out the other channels."""
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(0, 1, (128, 16)))
+
+    def quantize(t):
+        step = t.max() / 255
+        return np.round(t / step) * step
+
+    outlier = x.copy()
+    outlier[:, 0] *= 1000
+    plain_err = normalized_mse([x], [quantize(x)])
+    outlier_err = normalized_mse([outlier], [quantize(outlier)])
+    assert outlier_err > 100 * plain_err
+    assert outlier_err > 0.5  # most channels are lost
+    # one variance for the whole tensor would call the outlier tensor's error small
+    whole = np.mean((quantize(outlier) - outlier) ** 2) / np.var(outlier)
+    assert whole < 0.01
 
 
 def test_rank_by_added_error_discounts_inherited_error():

@@ -28,34 +28,63 @@ __all__ = ["MSEStrategy", "normalized_mse", "rank_by_added_error"]
 log = logging.getLogger("ilit")
 
 
-def _flatten(batches: Sequence[Any]) -> Optional[np.ndarray]:
-    """One float64 vector of every output of an op over the inspected batches (None if empty)."""
-    parts: List[np.ndarray] = []
+def _leaves(value: Any) -> List[np.ndarray]:
+    value = to_numpy(value)
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _leaves(v)]
+    return [np.asarray(value, dtype=np.float64)]
+
+
+def _samples(batches: Sequence[Any]) -> Optional[np.ndarray]:
+    """An op's outputs as a (samples, features) matrix, the first axis of each batch being its samples.
+
+    None when that reading does not hold (outputs of different sizes, scalars).
+    """
+    rows: List[np.ndarray] = []
     for b in batches:
-        value = to_numpy(b)
-        if isinstance(value, Mapping):
-            value = list(value.values())
-        if isinstance(value, (list, tuple)):
-            parts.extend(np.asarray(v, dtype=np.float64).ravel() for v in value)
-        else:
-            parts.append(np.asarray(value, dtype=np.float64).ravel())
+        parts = _leaves(b)
+        if not parts or any(p.ndim == 0 for p in parts) or len({p.shape[0] for p in parts}) != 1:
+            return None
+        n = parts[0].shape[0]
+        rows.append(np.hstack([p.reshape(n, -1) for p in parts]))
+    if not rows or len({r.shape[1] for r in rows}) != 1:
+        return None
+    return np.vstack(rows)
+
+
+def _flatten(batches: Sequence[Any]) -> Optional[np.ndarray]:
+    parts = [p.ravel() for b in batches for p in _leaves(b)]
     return np.concatenate(parts) if parts else None
 
 
 def normalized_mse(fp32: Sequence[Any], quantized: Sequence[Any]) -> float:
-    """Mean squared error of ``quantized`` against ``fp32``, divided by the FP32 tensor's variance.
+    """The quantized outputs' squared error against FP32, relative to the FP32 outputs' spread.
 
-    Dividing by the reference's own spread (a noise-to-signal ratio) makes ops of different scale
-    comparable; unlike min-max normalizing each tensor separately, it still sees a scale error.
+    Each output element (channel, position) is a feature: its mean squared error over the samples
+    is divided by its FP32 variance over the samples, and the ratios are averaged. This noise-to-signal
+    ratio compares ops of any scale; unlike one spread per tensor (or upstream's min-max normalizing of
+    each tensor), an outlier channel does not hide the damage done to the others, and a scale error
+    still counts. With a single sample it falls back to the whole tensor's variance.
     Returns NaN when the outputs cannot be compared (missing, or different sizes).
     """
+    ref, got = _samples(fp32), _samples(quantized)
+    if ref is not None and got is not None and ref.shape == got.shape and ref.shape[0] >= 2 and ref.size:
+        err = np.mean((got - ref) ** 2, axis=0)
+        var = np.var(ref, axis=0)
+        varying = var[var > 0]
+        if varying.size:
+            # a floor for features that barely vary (a ReLU output that is almost always 0), taken
+            # from the typical feature, not the mean, which one outlier channel would dominate
+            floor = 1e-2 * float(np.median(varying))
+            value = float(np.mean(err / (var + floor)))
+            return value if math.isfinite(value) else math.inf
     ref, got = _flatten(fp32), _flatten(quantized)
     if ref is None or got is None or ref.shape != got.shape or ref.size == 0:
         return math.nan
     err = float(np.mean((got - ref) ** 2))
-    spread = float(np.var(ref))
-    if spread <= 0.0:  # a constant output: compare with its magnitude instead
-        spread = float(np.mean(ref ** 2))
+    spread = float(np.var(ref)) or float(np.mean(ref ** 2))
     if not math.isfinite(err):
         return math.inf
     return err / spread if spread > 0.0 else (0.0 if err == 0.0 else math.inf)
