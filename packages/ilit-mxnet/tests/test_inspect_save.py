@@ -80,3 +80,21 @@ def test_fingerprint_is_stable_and_sees_weights(gluon_net, module_model):
     ad = make_adaptor()
     assert ad.fingerprint(gluon_net) == make_adaptor().fingerprint(gluon_net)
     assert ad.fingerprint(gluon_net) != ad.fingerprint(module_model)
+
+
+def test_int8_model_does_not_share_weights_with_the_gluon_block(calib, evalset, tmp_path):
+    import mxnet as mx
+    from conftest import make_gluon_net
+
+    mx.random.seed(4)
+    net = make_gluon_net()
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.array(calib[0][0]))
+    ad = make_adaptor()
+    _space, cfg = first_config(ad, net)
+    q = ad.quantize(cfg, net, calib)
+    ad.save(q, str(tmp_path / "a"))
+    net.collect_params()["digits_conv0_weight"].data()[:] = 0  # the user keeps training the FP32 block
+    ad.save(q, str(tmp_path / "b"))
+    a = open(tmp_path / "a" / "model-0000.params", "rb").read()
+    assert a == open(tmp_path / "b" / "model-0000.params", "rb").read()

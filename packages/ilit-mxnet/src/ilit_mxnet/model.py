@@ -216,7 +216,8 @@ def to_symbol_model(block: mx.gluon.HybridBlock, example_inputs: Any = None) -> 
     """A Gluon ``HybridBlock`` as an FP32 :class:`SymbolModel` (same graph and params as ``block.export``)."""
     n = len(example_inputs) if isinstance(example_inputs, (list, tuple)) else (1 if example_inputs is not None else None)
     symbol, names = trace_block(block, n)
-    values = block_params(block, example_inputs)
+    # copies: the SymbolModel (and the INT8 models built from it) must not follow later training of the block
+    values = {k: v.copy() for k, v in block_params(block, example_inputs).items()}
     auxs = set(symbol.list_auxiliary_states())
     arg = {k: v for k, v in values.items() if k not in auxs}
     aux = {k: v for k, v in values.items() if k in auxs}
