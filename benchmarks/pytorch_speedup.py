@@ -175,8 +175,8 @@ def bare_quantize(model: nn.Module, tune_cfg: Dict[str, Any], calib: List[Tuple[
 # ----------------------------------------------------------------------------- the run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-b1", type=int, default=20)
-    parser.add_argument("--runs-b16", type=int, default=5)
+    parser.add_argument("--runs-b1", type=int, default=40)
+    parser.add_argument("--runs-b16", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     logging.getLogger("ilit").setLevel(logging.WARNING)

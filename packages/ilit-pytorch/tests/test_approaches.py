@@ -105,3 +105,21 @@ def test_a_split_model_that_cannot_run_falls_back_to_dynamic_linears(digits, cap
     assert isinstance(q.head, nnqd.Linear)
     with torch.no_grad():
         assert _cosine(q(digits[1][0][0]), model(digits[1][0][0])) > 0.98
+
+
+def test_qat_on_a_model_fx_cannot_trace(digits):
+    torch.manual_seed(0)
+    model = UntraceableNet().eval()
+    adaptor = make_adaptor({"quantization": {"approach": "quant_aware_training"}})
+    calls = []
+
+    def q_func(prepared):
+        calls.append(sum(isinstance(m, FakeQuantize) for m in prepared.modules()))
+        train(prepared, digits[0][:3], epochs=1, lr=1e-4)
+
+    q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0], q_func=q_func)
+    assert len(calls) == 1 and calls[0] > 0
+    assert isinstance(q.get_submodule("stem.0"), nniq.ConvReLU2d)
+    assert isinstance(q.get_submodule("head.m"), nnq.Linear)
+    with torch.no_grad():
+        assert torch.isfinite(q(digits[1][0][0])).all()
