@@ -204,6 +204,39 @@ def test_inspect_tensor_failing_at_run_time_does_not_end_tuning(chain, tmp_path,
     assert len(tuner.history.trials) > 3
 
 
+def test_when_the_error_ranking_misses_the_goal_mse_goes_on_probing(tmp_path, monkeypatch, caplog):
+    """An inspect_tensor that blames only the last op, op5 (ties then put op0 last): the ranked fallbacks
+    never keep op0 in fp32 while quantizing something, so MSE must go on probing to meet the goal."""
+    _plugin(tmp_path, monkeypatch, "toy_misleading", """
+        import numpy as np
+        from ilit_toy import ToyAdaptor
+
+        class Adaptor(ToyAdaptor):
+            name = "toy_misleading"
+
+            def inspect_tensor(self, model, dataloader, op_list, iteration_list):
+                fp32 = [type(l)(l.name, l.W, l.b, l.relu) for l in model.layers]
+                out = super().inspect_tensor(type(model)(fp32), dataloader, op_list, iteration_list)
+                if any(l.quantized for l in model.layers):
+                    out["op5"] = [o + 1.0 for o in out["op5"]]
+                return out
+    """)
+    model = chain_model(6, (0, 4))
+    data = dataset(model)
+    conf = make_conf(tmp_path / "ws")
+    conf["framework"]["name"] = "toy_misleading"
+    tuner = ilit.Tuner(conf)
+    with caplog.at_level("INFO", logger="ilit"):
+        q = tuner.tune(model, data, eval_dataloader=data)
+    assert q is not None
+    assert sorted(fallback_ops(tuner.best_trial.tune_cfg)) == ["op0", "op4"]
+    assert any("probing ops one at a time" in r.getMessage() for r in caplog.records)
+    seq = [fallback_ops(t.tune_cfg) for t in tuner.history.trials]
+    assert seq[:6] == [[], ["op5"], ["op4", "op5"], ["op3", "op4", "op5"], ["op2", "op3", "op4", "op5"],
+                       ["op1", "op2", "op3", "op4", "op5"]]  # the (misled) ranked order came first
+    assert len(seq) > 6
+
+
 def _sequence(path):
     with open(path) as f:
         return [t["tune_cfg"] for t in json.load(f)["trials"]]

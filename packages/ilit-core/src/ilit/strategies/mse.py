@@ -119,7 +119,8 @@ class MSEStrategy(BasicStrategy):
 
     Needs the adaptor's ``inspect_tensor`` (checked before tuning starts). If inspecting fails at
     run time, the strategy logs why and ranks ops with Basic's one-op-at-a-time probe instead, so a
-    long run never dies half-way.
+    long run never dies half-way; that probe also follows when the error-ranked fallbacks all miss
+    the goal.
     """
 
     requires_inspect_tensor = True
@@ -145,6 +146,12 @@ class MSEStrategy(BasicStrategy):
         log.info("mse: fallback order by added normalized MSE: %s%s", ", ".join(order[:8]),
                  " ..." if len(order) > 8 else "")
         yield from incremental_fallback(self, base, order)
+        if not self.any_met():
+            # the error ranking was wrong about what hurts accuracy (e.g. a tensor whose consumer
+            # re-quantizes it with the same range after its producer falls back): go on as Basic
+            # would; configs already tried are replayed from their records, not run again
+            log.info("mse: the error-ranked fallbacks did not meet the goal; probing ops one at a time")
+            yield from self.probe_and_fallback(base, candidates)
 
     def measure_errors(self, base: TuneCfg) -> Dict[str, float]:
         """Each op's normalized MSE between FP32 and ``base``-quantized outputs on a few batches."""
@@ -165,7 +172,7 @@ class MSEStrategy(BasicStrategy):
         return errors
 
     def probe_and_fallback(self, base: TuneCfg, candidates: List[str]) -> Iterator[TuneCfg]:
-        """Basic's phases 2 and 3, used only when inspection failed."""
+        """Basic's phases 2 and 3, used when inspection failed or its ranking missed the goal."""
         recovered: Dict[str, float] = {}
         for op in reversed(candidates):
             yield self.space.with_fallback(base, [op])
