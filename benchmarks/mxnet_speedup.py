@@ -153,7 +153,8 @@ def main(argv: List[str] = None) -> int:
     adaptor.save(net, os.path.join(work, "fp32"))
     sizes["FP32"] = _dir_size(os.path.join(work, "fp32"))
     adaptor.save(ilit_model, os.path.join(work, "ilit"))
-    sizes["ilit INT8"] = _dir_size(os.path.join(work, "ilit")) - os.path.getsize(os.path.join(work, "ilit", "ilit_mxnet.json"))
+    meta_file = os.path.join(work, "ilit", "ilit_mxnet.json")  # ilit's own notes, not part of the model
+    sizes["ilit INT8"] = _dir_size(os.path.join(work, "ilit")) - os.path.getsize(meta_file)
     os.makedirs(os.path.join(work, "hand"))
     hand.export(os.path.join(work, "hand", "model"))
     sizes["by-hand INT8"] = sizes["by-hand #2"] = _dir_size(os.path.join(work, "hand"))
@@ -183,7 +184,8 @@ def main(argv: List[str] = None) -> int:
           f"threads OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs")
     print(f"model: VGG-style 6x conv3x3+BN+ReLU (32-64-128 ch) on digits upsampled to 1x32x32; trained "
           f"{args.epochs} epochs in {train_s:.0f}s")
-    print(f"ilit: {len(tuner.history.trials)} trial(s) in {tune_s:.1f}s; chosen: quantized_dtype={q['quantized_dtype']} "
+    print(f"ilit: {len(tuner.history.trials)} trial(s) in {tune_s:.1f}s; chosen: "
+          f"quantized_dtype={q['quantized_dtype']} "
           f"granularity={q['granularity']} calibration={q['calibration']} fp32 ops={q['fp32_ops'] or 'none'} "
           f"(trial {best.trial}); calibration batches run: {adaptor.calibration_batches}")
     print(tuner.summary())

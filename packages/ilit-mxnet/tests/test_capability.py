@@ -38,7 +38,8 @@ def test_space_builds_and_orders_model_wise_configs(gluon_net):
     cfg = ilit.load_config({"framework": {"name": "mxnet"}})
     space = ilit.TuningSpace.build(ad.query_fw_capability(gluon_net), cfg)
     first = space.model_wise_configs()[0]["ops"]["digits_conv0_fwd"]
-    assert first["activation"] == {"dtype": "uint8", "scheme": "asym", "granularity": "per_tensor", "algorithm": "minmax"}
+    assert first["activation"] == {"dtype": "uint8", "scheme": "asym", "granularity": "per_tensor",
+                                   "algorithm": "minmax"}
     assert first["weight"]["dtype"] == "int8"
     # 2 weight granularities x (2 dtypes x 2 schemes x 2 algorithms) activation choices
     assert len(space.model_wise_configs()) == 16
@@ -84,7 +85,8 @@ def test_residual_add_and_concat_are_quantized(calib):
                                calib_data=[[mx.nd.array(b)] for b, _ in calib[:2]])
     np.testing.assert_array_equal(q(x).asnumpy(), hand(mx.nd.array(x)).asnumpy())
     # auto (uint8 where calibration saw no negatives) loses a lot on this untrained net; int8 does not
-    sym = ilit.TuningSpace.build(cap, ilit.load_config({"quantization": {"activation": {"dtype": "int8", "scheme": "sym"}}}))
+    int8_sym = {"quantization": {"activation": {"dtype": "int8", "scheme": "sym"}}}
+    sym = ilit.TuningSpace.build(cap, ilit.load_config(int8_sym))
     q8 = ad.quantize(sym.model_wise_configs()[0], net, calib[:2])
     ref, out = net(mx.nd.array(x)).asnumpy(), q8(x).asnumpy()
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import mxnet as mx
 import numpy as np

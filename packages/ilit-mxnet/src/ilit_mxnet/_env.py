@@ -44,7 +44,7 @@ def import_mxnet() -> Any:
 def scipy_available() -> bool:
     """Whether ``scipy.stats`` imports: MXNet's entropy (KL) calibration needs it."""
     try:
-        from scipy import stats  # noqa: F401
+        from scipy import stats  # noqa: F401  (imported only to see that it imports)
     except ImportError:
         return False
     return True

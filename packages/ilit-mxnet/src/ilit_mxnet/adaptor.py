@@ -214,14 +214,16 @@ class MXNetAdaptor(Adaptor):
             calib = "+".join(sorted(set(algos.values()))) or "none"
         qsym = qsym.get_backend_symbol(BACKEND)
         meta = {"quantized": True, "approach": approach, "quantized_dtype": qdtype, "granularity": granularity,
-                "calibration": calib, "calibration_batches": int(tune_cfg["calibration"]["iterations"]) if static else 0,
+                "calibration": calib,
+                "calibration_batches": int(tune_cfg["calibration"]["iterations"]) if static else 0,
                 "op_nodes": graph.op_nodes, "fp32_ops": [op.name for op in graph.ops if op not in quantized]}
         return SymbolModel(qsym, qargs, auxs, data_names=fp32.data_names, meta=meta)
 
     @staticmethod
     def _settings(quantized: Sequence[Dict[str, Any]], weighted: Sequence[Dict[str, Any]]) -> Tuple[str, str]:
         """MXNet's model-wide ``quantized_dtype`` and ``quantize_granularity`` for these op configs."""
-        dtypes = {quantized_dtype_for(c["activation"]["dtype"], c["activation"].get("scheme", "sym")) for c in quantized}
+        dtypes = {quantized_dtype_for(c["activation"]["dtype"], c["activation"].get("scheme", "sym"))
+                  for c in quantized}
         if len(dtypes) > 1:
             raise ValueError(f"MXNet quantizes every activation with one quantized_dtype, but this config mixes "
                              f"{sorted(dtypes)}: give all ops the same activation dtype/scheme")
@@ -317,7 +319,8 @@ class MXNetAdaptor(Adaptor):
         targets: Dict[str, List[str]] = {}
         for op in op_list:
             node = op_nodes[op]
-            chosen = next(c for c in (f"requantize_{node}", f"quantized_{node}", node, None) if c is None or c in node_names)
+            chosen = next(c for c in (f"requantize_{node}", f"quantized_{node}", node, None)
+                          if c is None or c in node_names)
             if chosen is None:
                 raise ValueError(f"op {op} (node {node}) is not in the model's graph")
             n_out = 3 if chosen != node else 1

@@ -63,7 +63,8 @@ def _scalar(value: object) -> float:
     return float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
 
 
-def thresholds(stats: LayerStats, algorithms: Mapping[str, str], quantized_dtype: str) -> Dict[str, Tuple[float, float]]:
+def thresholds(stats: LayerStats, algorithms: Mapping[str, str],
+               quantized_dtype: str) -> Dict[str, Tuple[float, float]]:
     """The calibration table MXNet wants, ``{tensor: (min, max)}``, each tensor by its own algorithm.
 
     ``minmax`` takes the observed range (MXNet's ``naive``); ``kl`` minimizes the KL divergence over the

@@ -214,7 +214,10 @@ def trace_block(block: mx.gluon.HybridBlock, n_inputs: Optional[int] = None) -> 
 
 def to_symbol_model(block: mx.gluon.HybridBlock, example_inputs: Any = None) -> SymbolModel:
     """A Gluon ``HybridBlock`` as an FP32 :class:`SymbolModel` (same graph and params as ``block.export``)."""
-    n = len(example_inputs) if isinstance(example_inputs, (list, tuple)) else (1 if example_inputs is not None else None)
+    if example_inputs is None:
+        n = None
+    else:
+        n = len(example_inputs) if isinstance(example_inputs, (list, tuple)) else 1
     symbol, names = trace_block(block, n)
     # copies: the SymbolModel (and the INT8 models built from it) must not follow later training of the block
     values = {k: v.copy() for k, v in block_params(block, example_inputs).items()}
