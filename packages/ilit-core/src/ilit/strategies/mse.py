@@ -4,11 +4,16 @@ After Basic's model-wise phase, the best model-wise config is quantized once mor
 ``inspect_tensor`` collects every op's outputs on a few calibration batches, from the FP32 model
 and from the quantized one. Ops are then fallen back cumulatively in descending error order.
 
+The error is a normalized MSE (:func:`normalized_mse`): each output feature's squared error over
+the samples divided by that feature's FP32 variance, averaged, so ops of any scale compare and an
+outlier channel cannot hide the damage per-tensor quantization does to the others.
+
 The error of an op's output includes the error inherited from the ops before it, so ranking raw
 output errors (as upstream iLiT did) puts every op downstream of a sensitive one ahead of it. This
-strategy ranks by the error an op *adds*: its normalized MSE minus the largest normalized MSE among
-its inputs' producers, approximated by the op just before it in execution order (the order adaptors
-report ops in). Ties, and ops whose outputs could not be compared, keep Basic's last-to-first order.
+strategy ranks by the error an op *adds*: its normalized MSE minus that of its input, approximated
+by the op just before it in execution order (the order adaptors report ops in; exact for chains,
+a heuristic across branches). Ties, and ops whose outputs could not be compared, keep Basic's
+last-to-first order. If the ranked fallbacks never meet the goal, Basic's one-op probe follows.
 """
 
 from __future__ import annotations
