@@ -63,12 +63,6 @@ def _one_thread() -> Any:
     return threadpool_limits(limits=1)
 
 
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    from math import erf
-
-    return 0.5 * (1.0 + np.vectorize(erf)(z / math.sqrt(2.0)))
-
-
 class BayesianStrategy(Strategy):
     """Constrained expected improvement with a Gaussian process over per-op categorical choices."""
 
@@ -311,34 +305,41 @@ class BayesianStrategy(Strategy):
         return m
 
     def _fit(self) -> Any:
-        """Fit the GP to the margins seen so far, starting from the last fit's kernel (a warm start)."""
+        """Fit the GP to the margins seen so far (hyperparameters by maximum likelihood, seeded)."""
         gp_mod = require_sklearn()
         k = gp_mod.kernels
         X = self.features(np.asarray(self._X))
-        kernel = getattr(self, "_kernel", None)
-        if kernel is None:  # additive per-op effects (linear part) plus interactions (Matern part)
-            kernel = (k.ConstantKernel(1.0, (1e-3, 1e3)) * k.DotProduct(1.0, "fixed")
-                      + k.ConstantKernel(1.0, (1e-3, 1e3)) * k.Matern(math.sqrt(max(X.shape[1], 1)), (1e-2, 1e3), nu=2.5)
-                      + k.WhiteKernel(1e-3, (1e-6, 1e-1)))
+        # additive per-op effects (the linear part) plus interactions (the Matern part); configs one
+        # op apart are about 1 apart, so a shorter length scale would only memorize the trials
+        kernel = (k.ConstantKernel(1.0, (1e-3, 1e3)) * k.DotProduct(1.0, "fixed")
+                  + k.ConstantKernel(1.0, (1e-3, 1e3)) * k.Matern(math.sqrt(max(X.shape[1], 1)), (1.0, 1e3), nu=2.5)
+                  + k.WhiteKernel(1e-3, (1e-6, 1e-1)))
         gp = gp_mod.GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0,
                                              random_state=int(self.context.seed) % (2 ** 32))
         with warnings.catch_warnings(), _one_thread():
             warnings.simplefilter("ignore")
             gp.fit(X, self._margins())
-        self._kernel = gp.kernel_
         return gp
 
     def acquisition(self, gp: Any, pool: np.ndarray) -> np.ndarray:
-        """Constrained expected improvement of each candidate (see the module docstring)."""
+        """The log of each candidate's constrained expected improvement (see the module docstring).
+
+        Logs keep the ranking meaningful when every candidate is far from meeting the goal, where
+        the probabilities themselves would all round to 0; -inf marks no possible improvement.
+        """
+        from scipy.special import log_ndtr  # scipy comes with scikit-learn
+
         with warnings.catch_warnings(), _one_thread():
             warnings.simplefilter("ignore")
             mu, sd = gp.predict(self.features(pool), return_std=True)
-        p_meet = _normal_cdf(mu / np.maximum(sd, 1e-9))
+        log_p_meet = log_ndtr(mu / np.maximum(sd, 1e-9))
         q = self.quantized_share(pool)
         met = [self.quantized_share(x[None, :])[0] for x, r in zip(self._X, self._R) if r.meets]
         q_best = max(met) if met else 0.0
         step = 0.5 / len(self._ops)  # a candidate as quantized as the best still has a small value
-        return p_meet * np.maximum(q - q_best + step, 0.0)
+        gain = q - q_best + step
+        with np.errstate(divide="ignore"):
+            return np.where(gain > 0, log_p_meet + np.log(np.maximum(gain, 1e-300)), -np.inf)
 
     def _next(self, rng: np.random.Generator) -> Optional[np.ndarray]:
         pool = self._pool(rng)
