@@ -96,16 +96,24 @@ def resnet18_with_bn_stats(seed: int = 0) -> nn.Module:
 # ----------------------------------------------------------------------------- helpers
 def interleaved_ms(models: Dict[str, nn.Module], x: torch.Tensor, rounds: int, warmup: int = 2) -> Dict[str, float]:
     """Median latency of each model; the models take turns in every round, so a change in the load of
-    this shared machine hits them all alike instead of whichever happens to run then."""
+    this shared machine hits them all alike instead of whichever happens to run then. The order rotates
+    every round: the model run right after the FP32 one finds the caches full of FP32 weights.
+
+    Each model is timed as a fresh copy: oneDNN int8 convs keep the kernel built for the first input
+    shape they see, so a model already run at another batch size (as ilit's is, by tuning on the eval
+    batches) runs ~15% slower at batch 1 afterwards; a copy (or a saved and loaded model) starts clean.
+    """
+    models = {k: copy.deepcopy(m) for k, m in models.items()}
     times: Dict[str, List[float]] = {k: [] for k in models}
     with torch.inference_mode():
         for m in models.values():
             for _ in range(warmup):
                 m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
+        names = list(models)
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
                 t0 = time.perf_counter()
-                m(x)
+                models[k](x)
                 times[k].append(time.perf_counter() - t0)
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
@@ -156,15 +164,19 @@ def tuner_config(workspace: str, timeout: float = 0, metric: bool = True) -> Dic
 
 
 def bare_quantize(model: nn.Module, tune_cfg: Dict[str, Any], calib: List[Tuple[torch.Tensor, Any]]) -> nn.Module:
-    """The same config with torch calls only: one qconfig per op by name, calibrate, convert."""
+    """The same config with torch calls only: the first op's qconfig as the global one, the ops whose
+    choice differs (fallbacks) by name, calibrate, convert."""
     from torch.ao.quantization import QConfigMapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     from ilit_pytorch.backend import make_qconfig
 
-    mapping = QConfigMapping()
-    for name, op in tune_cfg["ops"].items():
-        mapping.set_module_name(name, make_qconfig(op, tune_cfg["approach"]))
+    ops = list(tune_cfg["ops"].items())
+    first = next(op for _n, op in ops if op["activation"]["dtype"] != "fp32")
+    mapping = QConfigMapping().set_global(make_qconfig(first, tune_cfg["approach"]))
+    for name, op in ops:
+        if {k: v for k, v in op.items() if k != "op_type"} != {k: v for k, v in first.items() if k != "op_type"}:
+            mapping.set_module_name(name, make_qconfig(op, tune_cfg["approach"]))
     prepared = prepare_fx(copy.deepcopy(model).eval(), mapping, (calib[0][0],))
     with torch.no_grad():
         for x, _ in calib[:tune_cfg["calibration"]["iterations"]]:
@@ -172,11 +184,58 @@ def bare_quantize(model: nn.Module, tune_cfg: Dict[str, Any], calib: List[Tuple[
     return convert_fx(prepared)
 
 
+def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]], tune_kwargs: Callable[[str], Dict[str, Any]],
+                    evaluate: Callable[[nn.Module], float], config: Callable[[str], Dict[str, Any]], workspace: str,
+                    repeats: int) -> Tuple[Dict[str, float], Any, nn.Module]:
+    """Tuner.tune wall time against the bare calls for the configs it tried; the better of ``repeats`` runs.
+
+    The time ilit's adaptor spends saving each new best model is measured by wrapping its ``save``.
+    """
+    from ilit_pytorch.adaptor import PyTorchAdaptor
+
+    saves: List[float] = []
+    real_save = PyTorchAdaptor.save
+
+    def timed_save(self: Any, m: Any, path: str) -> None:
+        t0 = time.perf_counter()
+        real_save(self, m, path)
+        saves.append(time.perf_counter() - t0)
+
+    best: Dict[str, float] = {}
+    for rep in range(repeats):
+        saves.clear()
+        PyTorchAdaptor.save = timed_save  # type: ignore[method-assign]
+        try:
+            t0 = time.perf_counter()
+            tuner = ilit.Tuner(config(f"{workspace}{rep}"))
+            int8 = tuner.tune(model, q_dataloader=calib, **tune_kwargs(workspace))
+            tune_s = time.perf_counter() - t0
+        finally:
+            PyTorchAdaptor.save = real_save  # type: ignore[method-assign]
+        assert int8 is not None, "ilit found no INT8 model meeting the goal"
+        t0 = time.perf_counter()
+        evaluate(model)
+        for trial in tuner.history.trials:
+            evaluate(bare_quantize(model, trial.tune_cfg, calib))
+        bare_s = time.perf_counter() - t0
+        # the objective: every measured trial, plus the baseline (timed again here)
+        t0 = time.perf_counter()
+        inputs = calib[0][0] if "eval_func" in tune_kwargs(workspace) else tune_kwargs(workspace)["eval_dataloader"][0][0]
+        tuner.objective.measure(model, tuner.adaptor, inputs)
+        objective_s = sum(t.objective_s for t in tuner.history.trials) + time.perf_counter() - t0
+        run = {"trials": len(tuner.history.trials), "tune": tune_s, "bare": bare_s, "objective": objective_s,
+               "saves": sum(saves), "overhead": tune_s / bare_s - 1,
+               "overhead_core": (tune_s - objective_s - sum(saves)) / bare_s - 1}
+        if not best or run["tune"] - run["bare"] < best["tune"] - best["bare"]:
+            best, kept = run, (tuner, int8)
+    return best, kept[0], kept[1]
+
+
 # ----------------------------------------------------------------------------- the run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-b1", type=int, default=40)
-    parser.add_argument("--runs-b16", type=int, default=8)
+    parser.add_argument("--runs-b1", type=int, default=42)
+    parser.add_argument("--runs-b16", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     logging.getLogger("ilit").setLevel(logging.WARNING)
@@ -191,42 +250,26 @@ def main() -> None:
     evalx = torch.randn(16, 3, 224, 224, generator=g)
     with torch.inference_mode():
         ref = net(evalx)
-    t0 = time.perf_counter()
-    tuner = ilit.Tuner(tuner_config(os.path.join(tmp, "resnet"), metric=False))
-    r_int8 = tuner.tune(net, q_dataloader=calib, eval_func=cosine_to(ref, evalx))
-    r_tune_s = time.perf_counter() - t0
-    assert r_int8 is not None, "ilit found no INT8 ResNet-18 within 1% of the FP32 logits"
+    r_cosine = cosine_to(ref, evalx)
+    r_ovh, tuner, r_int8 = tuning_overhead(
+        net, calib, lambda ws: {"eval_func": r_cosine}, lambda m: r_cosine(m),
+        lambda ws: tuner_config(ws, metric=False), os.path.join(tmp, "resnet"), repeats=2)
     r_hand = by_hand_fx(net, calib, 10)
-    r_cos = {"ilit": cosine_to(ref, evalx)(r_int8), "hand": cosine_to(ref, evalx)(r_hand)}
+    r_cos = {"ilit": r_cosine(r_int8), "hand": r_cosine(r_hand)}
     for batch, runs in ((1, args.runs_b1), (16, args.runs_b16)):
         x = torch.randn(batch, 3, 224, 224, generator=g)
         rows.append(("ResNet-18 3x224x224", batch, interleaved_ms({"fp32": net, "ilit": r_int8, "hand": r_hand}, x, runs)))
     r_size = (saved_size(net, tuner.adaptor), saved_size(r_int8, tuner.adaptor))
 
-    # --- the demo's digits CNN: accuracy, latency, and tuning overhead
+    # --- the demo's digits CNN: accuracy, latency, and tuning overhead over every model-wise config
     model, train_data, test_data = trained_digits_cnn()
-    tune_runs, bare_runs = [], []
-    for rep in range(2):  # the better of two runs each, tuning and bare calls alternating
-        t0 = time.perf_counter()
-        dt = ilit.Tuner(tuner_config(os.path.join(tmp, f"digits{rep}"), timeout=600))  # every model-wise config
-        d_int8 = dt.tune(model, q_dataloader=train_data, eval_dataloader=test_data)
-        tune_runs.append(time.perf_counter() - t0)
-        assert d_int8 is not None
-        # the same configs, by hand: the FP32 evaluation, then for each trial quantize and evaluate
-        t0 = time.perf_counter()
-        top1(model, test_data)
-        for trial in dt.history.trials:
-            top1(bare_quantize(model, trial.tune_cfg, train_data), test_data)
-        bare_runs.append(time.perf_counter() - t0)
-    d_tune_s, bare_s = min(tune_runs), min(bare_runs)
-    t0 = time.perf_counter()
-    dt.objective.measure(model, dt.adaptor, test_data[0][0])
-    objective_s = sum(t.objective_s for t in dt.history.trials) + (time.perf_counter() - t0)  # trials + baseline
+    d_ovh, dt, d_int8 = tuning_overhead(
+        model, train_data, lambda ws: {"eval_dataloader": test_data}, lambda m: top1(m, test_data),
+        lambda ws: tuner_config(ws, timeout=600), os.path.join(tmp, "digits"), repeats=2)
     d_hand = by_hand_fx(model, train_data, 10)
     acc = {"fp32": top1(model, test_data), "ilit": top1(d_int8, test_data), "hand": top1(d_hand, test_data)}
     xb = test_data[0][0]
-    rows.append(("DigitsCNN 1x8x8", len(xb), interleaved_ms({"fp32": model, "ilit": d_int8, "hand": d_hand}, xb, 50)))
-
+    rows.append(("DigitsCNN 1x8x8", len(xb), interleaved_ms({"fp32": model, "ilit": d_int8, "hand": d_hand}, xb, 150)))
 
     # --- the table
     load = os.getloadavg()
@@ -245,13 +288,13 @@ def main() -> None:
           f"(relative loss {100 * rel:+.2f}%), by-hand INT8 {acc['hand']:.4f}")
     print(f"ResNet-18 logits cosine to FP32 (16 images): ilit INT8 {r_cos['ilit']:.4f}, by-hand INT8 {r_cos['hand']:.4f}; "
           f"saved size {r_size[0] / 1e6:.1f} MB -> {r_size[1] / 1e6:.1f} MB ({r_size[1] / r_size[0]:.3f}x)")
-    print(f"ResNet-18 tuning: {len(tuner.history.trials)} trial(s), {r_tune_s:.1f}s wall")
-    overhead = d_tune_s / bare_s - 1
-    overhead_wo = (d_tune_s - objective_s) / bare_s - 1
-    print(f"digits tuning, {len(dt.history.trials)} trials (best of 2 runs): Tuner.tune {d_tune_s:.2f}s wall vs bare "
-          f"quantize+evaluate of the same configs plus the FP32 evaluation {bare_s:.2f}s: overhead {100 * overhead:+.1f}%; "
-          f"without the {objective_s:.2f}s ilit spends timing each model (the performance objective) "
-          f"{100 * overhead_wo:+.1f}%")
+    print("tuning wall time vs the bare calls (torch prepare/calibrate/convert + an evaluation loop) for the same configs,")
+    print("plus the FP32 evaluation; ilit also times every passing model (performance objective) and saves each new best:")
+    print(f"{'':22}{'trials':>7}{'Tuner.tune s':>14}{'bare s':>8}{'overhead':>10}{'objective s':>13}{'saves s':>9}"
+          f"{'overhead w/o objective+saves':>30}")
+    for name, o in (("ResNet-18 (best of 2)", r_ovh), ("DigitsCNN (best of 2)", d_ovh)):
+        print(f"{name:22}{o['trials']:>7}{o['tune']:>14.2f}{o['bare']:>8.2f}{100 * o['overhead']:>9.1f}%{o['objective']:>13.2f}"
+              f"{o['saves']:>9.2f}{100 * o['overhead_core']:>29.1f}%")
     b1 = next(l for n, b, l in rows if b == 1)
     b16 = next(l for n, b, l in rows if b == 16)
     checks = [
@@ -259,8 +302,9 @@ def main() -> None:
         ("ilit INT8 at least as fast as by hand (ResNet-18, within 5% timing noise)",
          max(b1["ilit"] / b1["hand"], b16["ilit"] / b16["hand"]) <= 1.05),
         ("relative accuracy loss <= 1% (digits)", rel <= 0.01),
-        ("tuning overhead <= 10% (all of Tuner.tune)", overhead <= 0.10),
-        ("tuning overhead <= 10% (besides the latency objective)", overhead_wo <= 0.10),
+        ("tuning overhead <= 10% (all of Tuner.tune, ResNet-18 and digits)", max(r_ovh["overhead"], d_ovh["overhead"]) <= 0.10),
+        ("tuning overhead <= 10% besides timing and saving models (ResNet-18 and digits)",
+         max(r_ovh["overhead_core"], d_ovh["overhead_core"]) <= 0.10),
     ]
     for text, ok in checks:
         print(f"  [{'x' if ok else ' '}] {text}")

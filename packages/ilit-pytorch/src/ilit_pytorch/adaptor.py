@@ -160,24 +160,18 @@ class PyTorchAdaptor(Adaptor):
                                                     for op in u.ops.values() if not op.weighted})
         return q
 
-    def _planned_algorithms(self) -> Set[str]:
-        """The activation algorithms this run's config lets the tuner ask for (None = all static ones)."""
-        wanted = set(self.config.quantization.activation.algorithm or ACTIVATION_CAPABILITY[STATIC]["algorithm"])
-        for override in self.config.tuning.ops.values():
-            wanted |= set(override.activation.algorithm or ())
-        return wanted & set(ACTIVATION_CAPABILITY[STATIC]["algorithm"])
-
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
                    q: nn.Module, dataloader: Iterable[Any]) -> None:
         """Load cached statistics into ``prepared``'s observers, running the calibration batches only when
-        this calibration key (approach, batch count, algorithms) has not been seen. The first pass for a
-        batch count records what every algorithm the config allows needs, so later keys reuse it too."""
+        this calibration key (approach, batch count, algorithms) needs statistics not recorded yet.
+        Histograms (``kl``, ``percentile``) cost far more than min/max on large activations, so they are
+        only recorded once a config asks for them."""
         approach, iterations, algos = calibration_key(tune_cfg)
         key = (id(model), approach, iterations)
         needed = set(stat_kinds(algos))
         entry = self._stats.get(key)
         if entry is None or not needed <= entry[0]:
-            kinds = needed | set(stat_kinds(self._planned_algorithms())) | (entry[0] if entry else set())
+            kinds = needed | (entry[0] if entry else set())
             stats, ran = collect_stats(model, analysis, dataloader, iterations, sorted(kinds))
             self.calibration_batches += ran
             entry = self._stats[key] = (kinds, stats)
