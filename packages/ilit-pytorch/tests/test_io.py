@@ -140,3 +140,22 @@ def test_string_annotations_do_not_stop_torchscript(digits, tmp_path):
     q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0])
     adaptor.save(q, str(tmp_path / "a"))
     assert json.loads((tmp_path / "a" / META_FILE).read_text())["format"] == "torchscript"
+
+
+def test_infer_and_evaluate_leave_the_int8_model_unrun(trained_cnn, digits):
+    """Tuning evaluates on a copy, so the returned model still picks its kernels on its first real batch."""
+    from conftest import Accuracy
+
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])
+    first = adaptor.evaluate(q, digits[1], Accuracy())
+    calls = []
+    q.register_forward_pre_hook(lambda m, a: calls.append(1))
+    assert adaptor.evaluate(q, digits[1], Accuracy()) == first
+    adaptor.infer(q, digits[1][0][0])
+    assert calls == []
+    fp32_calls = []
+    h = trained_cnn.register_forward_pre_hook(lambda m, a: fp32_calls.append(1))
+    adaptor.infer(trained_cnn, digits[1][0][0])  # an fp32 model runs as it is
+    h.remove()
+    assert fp32_calls == [1]
