@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 from . import registry
 from .adaptor import Adaptor
 from .config import Config, load_config
-from .errors import ConfigError, PluginNotFoundError, ResumeError
+from .errors import ConfigError, ResumeError
 from .history import History, Trial
 from .metric import Metric
 from .objective import Objective

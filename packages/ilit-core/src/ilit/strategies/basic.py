@@ -49,17 +49,17 @@ class BasicStrategy(Strategy):
         base = self.best_model_wise
         if base is None or self.any_met():
             return
-        candidates = self.space.fallback_candidates(base)
+        yield from self.probe_and_fallback(base, self.space.fallback_candidates(base))
+
+    def probe_and_fallback(self, base: TuneCfg, candidates: List[str]) -> Iterator[TuneCfg]:
+        """Phases 2 and 3: fall back each op alone (last op first), then cumulatively by recovered accuracy."""
         recovered: Dict[str, float] = {}
         for op in reversed(candidates):  # bottom to top
             yield self.space.with_fallback(base, [op])
-            acc = self.last.accuracy if self.last is not None else math.nan
-            recovered[op] = acc
             if self.last is not None and self.last.meets:
                 return
+            recovered[op] = self.last.accuracy if self.last is not None else math.nan
         worst = -math.inf if self.context.higher_is_better else math.inf
-        def key(op: str) -> float:
-            acc = recovered[op]
-            return worst if math.isnan(acc) else acc
-        order = sorted(reversed(candidates), key=key, reverse=self.context.higher_is_better)
+        order = sorted(reversed(candidates), key=lambda op: worst if math.isnan(recovered[op]) else recovered[op],
+                       reverse=self.context.higher_is_better)  # stable: ties keep last-to-first order
         yield from incremental_fallback(self, base, order)

@@ -175,16 +175,3 @@ class MSEStrategy(BasicStrategy):
             log.warning("mse: no comparable outputs for %d ops (%s); they are fallen back last",
                         len(missing), ", ".join(missing[:5]))
         return errors
-
-    def probe_and_fallback(self, base: TuneCfg, candidates: List[str]) -> Iterator[TuneCfg]:
-        """Basic's phases 2 and 3, used when inspection failed or its ranking missed the goal."""
-        recovered: Dict[str, float] = {}
-        for op in reversed(candidates):
-            yield self.space.with_fallback(base, [op])
-            if self.last is not None and self.last.meets:
-                return
-            recovered[op] = self.last.accuracy if self.last is not None else math.nan
-        worst = -math.inf if self.context.higher_is_better else math.inf
-        order = sorted(reversed(candidates), key=lambda op: worst if math.isnan(recovered[op]) else recovered[op],
-                       reverse=self.context.higher_is_better)
-        yield from incremental_fallback(self, base, order)
