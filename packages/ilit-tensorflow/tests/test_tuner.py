@@ -95,3 +95,22 @@ def test_basic_strategy_finds_the_op_to_keep_in_float(digits, calib_loader, test
     assert accuracy(tuner.adaptor, q, test_loader) >= 0.99 * tuner.baseline_accuracy
     # calibration ran once for all the trials (one calibration key)
     assert tuner.adaptor.calibration_batches == 4
+
+
+def test_mse_strategy_ranks_the_fragile_op_first_end_to_end(digits, calib_loader, test_loader, tmp_path):
+    """The MSE strategy, through inspect_tensor on the float and INT8 flatbuffers, falls back ``fragile`` first."""
+    model = fragile_model(digits)
+    conf = {
+        "framework": {"name": "tensorflow"},
+        "calibration": {"iterations": [4]},
+        "quantization": {"weight": {"granularity": "per_tensor"}, "activation": {"algorithm": "minmax"}},
+        "tuning": {"strategy": "mse", "metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01},
+                   "max_trials": 20, "workspace": {"path": str(tmp_path / "ws")}},
+    }
+    tuner = ilit.Tuner(conf)
+    q = tuner.tune(model, calib_loader, eval_dataloader=test_loader)
+    trials = tuner.history.trials
+    assert not trials[0].meets  # the model-wise config collapses
+    assert ilit.fallback_ops(trials[1].tune_cfg) == ["fragile"]  # the first ranked fallback is the fragile op
+    assert q is not None and tuner.best_trial.meets and len(trials) == 2
+    assert q.op("fragile").is_float and q.op("conv").output_types[0] == "INT8"
