@@ -132,8 +132,8 @@ class PyTorchAdaptor(Adaptor):
             entries, any_q = qconfig_entries(unit, lambda op: backend.make_qconfig(tune_cfg["ops"][op], approach))
             if not any_q:
                 continue
-            args = example if unit.prefix == "" else ()
-            args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+            # example inputs only matter to prepare_fx for standalone modules; a unit's own are unknown
+            args = (tuple(example) if isinstance(example, (tuple, list)) else (example,)) if unit.prefix == "" else ()
             p = backend.prepare(unit.module_in(q), entries, args, is_qat)
             prepared[unit.prefix] = p
             if unit.prefix == "":
@@ -157,6 +157,7 @@ class PyTorchAdaptor(Adaptor):
                 set_submodule(q, prefix, c)
         q.eval()
         q._ilit_quantized = True
+        self._functional = {k: v for k, v in self._functional.items() if v[0]() is not None}  # drop dead models
         self._functional[id(q)] = (weakref.ref(q), {op.name: (u.prefix, op) for u in analysis.units
                                                     for op in u.ops.values() if not op.weighted})
         return q
