@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -14,24 +16,9 @@ torch.manual_seed(0)
 torch.set_num_threads(2)
 warnings.filterwarnings("ignore", message=".*deprecated.*")
 
-
-class DigitsCNN(nn.Module):
-    """conv-bn-relu x3 with pooling, then two linears: the shape of the demo's model."""
-
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.fc1 = nn.Linear(4 * w * 4, 256)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(256, 10)
-
-    def forward(self, x):
-        return self.fc2(self.relu(self.fc1(torch.flatten(self.features(x), 1))))
+# the demo's model, from the demo itself (conv-bn-relu x3 with pooling, then two linears)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "examples"))
+from pytorch_digits_demo import DigitsCNN  # noqa: E402,F401
 
 
 class ResidualNet(nn.Module):
