@@ -189,22 +189,33 @@ def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]], tun
                     repeats: int) -> Tuple[Dict[str, float], Any, nn.Module]:
     """Tuner.tune wall time against the bare calls for the configs it tried; the better of ``repeats`` runs.
 
-    The time ilit's adaptor spends saving each new best model is measured by wrapping its ``save``.
+    The time spent timing models (the performance objective, baseline included) and saving each new
+    best model is measured by wrapping ``Performance.measure`` and the adaptor's ``save``.
     """
+    from ilit.objectives.performance import Performance
     from ilit_pytorch.adaptor import PyTorchAdaptor
 
     saves: List[float] = []
-    real_save = PyTorchAdaptor.save
+    measures: List[float] = []
+    real_save, real_measure = PyTorchAdaptor.save, Performance.measure
 
     def timed_save(self: Any, m: Any, path: str) -> None:
         t0 = time.perf_counter()
         real_save(self, m, path)
         saves.append(time.perf_counter() - t0)
 
+    def timed_measure(self: Any, m: Any, adaptor: Any, inputs: Any) -> float:
+        t0 = time.perf_counter()
+        value = real_measure(self, m, adaptor, inputs)
+        measures.append(time.perf_counter() - t0)
+        return value
+
     best: Dict[str, float] = {}
     for rep in range(repeats):
         saves.clear()
+        measures.clear()
         PyTorchAdaptor.save = timed_save  # type: ignore[method-assign]
+        Performance.measure = timed_measure  # type: ignore[method-assign]
         try:
             t0 = time.perf_counter()
             tuner = ilit.Tuner(config(f"{workspace}{rep}"))
@@ -212,17 +223,14 @@ def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]], tun
             tune_s = time.perf_counter() - t0
         finally:
             PyTorchAdaptor.save = real_save  # type: ignore[method-assign]
+            Performance.measure = real_measure  # type: ignore[method-assign]
         assert int8 is not None, "ilit found no INT8 model meeting the goal"
         t0 = time.perf_counter()
         evaluate(model)
         for trial in tuner.history.trials:
             evaluate(bare_quantize(model, trial.tune_cfg, calib))
         bare_s = time.perf_counter() - t0
-        # the objective: every measured trial, plus the baseline (timed again here)
-        t0 = time.perf_counter()
-        inputs = calib[0][0] if "eval_func" in tune_kwargs(workspace) else tune_kwargs(workspace)["eval_dataloader"][0][0]
-        tuner.objective.measure(model, tuner.adaptor, inputs)
-        objective_s = sum(t.objective_s for t in tuner.history.trials) + time.perf_counter() - t0
+        objective_s = sum(measures)
         run = {"trials": len(tuner.history.trials), "tune": tune_s, "bare": bare_s, "objective": objective_s,
                "saves": sum(saves), "overhead": tune_s / bare_s - 1,
                "overhead_core": (tune_s - objective_s - sum(saves)) / bare_s - 1}

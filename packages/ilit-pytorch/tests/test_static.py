@@ -141,6 +141,19 @@ def test_calibration_statistics_are_reused_not_rerun(trained_cnn, digits):
         assert torch.equal(alone.quantize(cfg, trained_cnn, digits[0])(x), cached(x))
 
 
+@pytest.mark.parametrize("approach", ["post_training_static_quant", "quant_aware_training"])
+def test_analysis_and_calibration_leave_the_model_alone(digits, approach):
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    children = {n: (id(m), type(m), m.training) for n, m in model.named_modules()}
+    state = copy.deepcopy(model.state_dict())
+    adaptor = make_adaptor({"quantization": {"approach": approach}})
+    adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0], q_func=lambda m: m(digits[0][0][0]))
+    adaptor.inspect_tensor(model, digits[1], ["conv_a", "add"], [0])
+    assert {n: (id(m), type(m), m.training) for n, m in model.named_modules()} == children
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
 def test_the_users_model_is_never_modified(trained_cnn, digits):
     before = copy.deepcopy(trained_cnn.state_dict())
     types = [type(m) for m in trained_cnn.modules()]

@@ -313,5 +313,5 @@ class PyTorchAdaptor(Adaptor):
             t = t.detach()
             t = t.int_repr() if t.is_quantized else t
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy() if t.numel() else b"")
         return h.hexdigest()

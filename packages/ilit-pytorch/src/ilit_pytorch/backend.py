@@ -209,7 +209,8 @@ def _quiet() -> warnings.catch_warnings:
 def trace_and_fuse(module: nn.Module, is_qat: bool) -> Tuple[GraphModule, Dict[str, Tuple[str, Any]]]:
     """Trace and fuse ``module`` exactly as ``prepare_fx`` will; also return each node's (module path, type).
 
-    ``module`` is consumed (fusion swaps its children): pass a copy.
+    ``module`` itself is left as it is: the graph module gets its own containers, folded convs are
+    copies, and other fused modules wrap the original leaves (so read the result, never train it).
     """
     ctx = _quiet()
     try:

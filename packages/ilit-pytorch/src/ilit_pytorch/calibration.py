@@ -97,7 +97,7 @@ def tapped_model(model: nn.Module, analysis: Analysis, make_callback: Callable[[
     """A copy of ``model`` whose units run their fused fp32 graphs through taps."""
     work: nn.Module = copy.deepcopy(model).eval() if not analysis.traceable else None  # type: ignore[assignment]
     for unit in analysis.units:
-        tap = Tap(copy.deepcopy(unit.fused).eval(), make_callback(unit.prefix))
+        tap = Tap(unit.fused, make_callback(unit.prefix))  # static analysis graphs are in eval mode
         if unit.prefix == "":
             return tap
         set_submodule(work, unit.prefix, tap)

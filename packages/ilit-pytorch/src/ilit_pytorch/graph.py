@@ -110,8 +110,12 @@ class Analysis:
 
 
 def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
-    work = copy.deepcopy(module)
-    work.train(is_qat)
+    # the fused graph shares unfused leaves with the model and is only ever read; a copy is needed
+    # only to switch train/eval mode (batch-norm folds in eval mode, and stays for QAT)
+    work = module
+    if any(m.training != is_qat for m in module.modules()):
+        work = copy.deepcopy(module)
+        work.train(is_qat)
     fused, scope = backend.trace_and_fuse(LeafWrapper(work) if leaf else work, is_qat)
     unit = Unit(prefix=prefix, leaf=leaf, fused=fused, scope=scope)
     modules = dict(fused.named_modules(remove_duplicate=False))
