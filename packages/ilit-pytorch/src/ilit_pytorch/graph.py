@@ -132,16 +132,18 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
                 unit.ops[name] = Op(name, op_type, node.name, weighted=True, out=node.name)
         elif node.op == "call_function":
             kind = backend.functional_op_kind(node.target)
-            if kind is None or (kind == "add" and not all(isinstance(a, Node) for a in node.args[:2])):
+            if kind is None:
                 continue
+            trace = node.meta.get("stack_trace", "")
+            rank = traces[(trace, kind)]  # counted as find_functional counts: every add/cat of the line
+            traces[(trace, kind)] += 1
+            if kind == "add" and not all(isinstance(a, Node) for a in node.args[:2]):
+                continue  # adding a constant is not a tunable op
             path = scope.get(node.name, ("", None))[0]
             base = qualify(qualify(prefix, "" if leaf else path), kind)
             k = seen[base]
             seen[base] += 1
             name = base if k == 0 else f"{base}_{k}"
-            trace = node.meta.get("stack_trace", "")
-            rank = traces[(trace, kind)]
-            traces[(trace, kind)] += 1
             unit.ops[name] = Op(name, kind, node.name, weighted=False, trace=trace, trace_rank=rank,
                                 out=_through_relu(node, modules).name)
     return unit
