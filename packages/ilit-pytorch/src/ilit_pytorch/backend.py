@@ -45,7 +45,8 @@ from .observers import PercentileObserver
 __all__ = [
     "STATIC", "DYNAMIC", "QAT", "APPROACHES", "select_engine", "cpu_has_vnni", "activation_range",
     "make_qconfig", "trace_and_fuse", "prepare", "convert", "dynamic_quantize", "weighted_op_type",
-    "dynamic_op_type", "functional_op_kind", "shares_input_observer", "is_observer", "HIST_OBSERVERS",
+    "dynamic_op_type", "functional_op_kind", "shares_input_observer", "is_observer", "stats_observer",
+    "HIST_OBSERVERS",
 ]
 
 log = logging.getLogger("ilit")
@@ -189,6 +190,11 @@ def functional_op_kind(target: Any) -> Optional[str]:
         return _FUNCTIONAL.get(target)
     except TypeError:
         return None
+
+
+def stats_observer(kind: str) -> nn.Module:
+    """A fresh observer recording the statistics ``kind`` needs: 'minmax' or 'hist' (a histogram)."""
+    return MinMaxObserver() if kind == "minmax" else HistogramObserver()
 
 
 def is_observer(module: nn.Module) -> bool:

@@ -94,7 +94,8 @@ class Tap(nn.Module):
 
 
 def tapped_model(model: nn.Module, analysis: Analysis, make_callback: Callable[[str], Callable[[str, torch.Tensor], None]]) -> nn.Module:
-    """A copy of ``model`` whose units run their fused fp32 graphs through taps."""
+    """A stand-in for ``model`` that runs its fused fp32 graph(s) through taps: the tapped graph itself
+    when the model traced whole, else a copy of the model with each unit swapped for its tap."""
     work: nn.Module = copy.deepcopy(model).eval() if not analysis.traceable else None  # type: ignore[assignment]
     for unit in analysis.units:
         tap = Tap(unit.fused, make_callback(unit.prefix))  # static analysis graphs are in eval mode
@@ -116,8 +117,7 @@ def collect_stats(model: nn.Module, analysis: Analysis, dataloader: Iterable[Any
         def record(node: str, value: torch.Tensor) -> None:
             recs = unit_stats.get(node)
             if recs is None:
-                recs = unit_stats[node] = {k: (torch.ao.quantization.MinMaxObserver() if k == "minmax"
-                                               else torch.ao.quantization.HistogramObserver()) for k in kinds}
+                recs = unit_stats[node] = {k: backend.stats_observer(k) for k in kinds}
             for obs in recs.values():
                 obs(value)
         return record
