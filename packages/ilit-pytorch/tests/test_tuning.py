@@ -60,3 +60,51 @@ def test_basic_strategy_falls_back_ops_when_model_wise_configs_miss(trained_cnn,
     assert all(t.error is None for t in trials)
     # statistics are collected once per algorithm, whatever falls back
     assert tuner.adaptor.calibration_batches == 2 * 2
+
+
+class FragileNet(torch.nn.Module):
+    """A digits net whose frozen 1x1 conv ``fragile`` is an identity plus one channel of -1000 weights.
+
+    Per-tensor int8 weights give ``fragile`` a scale of ~1000/127, which rounds its identity weights to 0,
+    so the net only keeps its accuracy with ``fragile`` in fp32 (or with per-channel weights).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fragile = nn.Conv2d(16, 16, 1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 64, 10)
+        self.relu = nn.ReLU()
+        with torch.no_grad():
+            w = torch.eye(16)
+            w[15, :] = -1000.0
+            self.fragile.weight.copy_(w[:, :, None, None])
+            self.fragile.bias.zero_()
+        self.fragile.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.fragile(self.relu(self.conv(x))))
+        return self.fc(torch.flatten(self.relu(self.conv2(x)), 1))
+
+
+def test_mse_strategy_ranks_the_fragile_conv_first_end_to_end(digits, tmp_path):
+    from conftest import train
+
+    torch.manual_seed(0)
+    model = train(FragileNet(), digits[0], epochs=3)
+    path = _config(tmp_path, strategy="mse", max_trials=10)
+    conf = yaml.safe_load(open(path))
+    conf["quantization"]["weight"]["granularity"] = "per_tensor"
+    conf["quantization"]["activation"]["algorithm"] = "minmax"
+    tuner = ilit.Tuner(conf)
+    q = tuner.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1])
+    trials = tuner.history.trials
+    assert not trials[0].meets  # the model-wise config collapses
+    assert fallback_ops(trials[1].tune_cfg) == ["fragile"]  # inspect_tensor ranked it first
+    assert q is not None and tuner.best_trial.meets and len(trials) == 2
+    # really fp32: a float (fused conv-relu) module with float weights, not a quantized conv
+    assert not isinstance(q.fragile, torch.ao.nn.quantized.Conv2d)
+    assert q.fragile[0].weight.dtype == torch.float32 and isinstance(q.conv, torch.ao.nn.quantized.Conv2d)
+    assert accuracy(q, digits[1]) >= 0.99 * tuner.baseline_accuracy
