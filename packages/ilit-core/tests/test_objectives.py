@@ -34,6 +34,17 @@ def test_median_latency_warms_up_and_repeats():
     assert len(calls) == 3 + 7
 
 
+def test_median_latency_spends_few_runs_on_a_slow_model():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.05)
+
+    median_latency(slow, warmup=3, min_runs=3, max_runs=30, budget_s=0.01, warmup_budget_s=0.01)
+    assert len(calls) == 1 + 3  # one warm-up run and the minimum of timed runs, once the budgets are spent
+
+
 def test_peak_memory_sees_native_allocations():
     n = 64 * 1024 * 1024  # 64 MiB of numpy buffer, written so the pages are resident
 
