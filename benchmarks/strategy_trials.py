@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -35,26 +34,11 @@ def synthetic_model(n_ops: int = 20, n_fragile: int = 2, width: int = 32, n_clas
     Hidden ops are near-identity (I + small noise), so quantization error neither vanishes nor
     explodes with depth; the last op's bias centres the logits so every class occurs.
     """
-    from ilit_toy import Dense, ToyModel
+    from ilit_toy import make_chain_model
 
     rng = np.random.default_rng(seed)
     fragile = tuple(sorted(int(i) for i in rng.choice(np.arange(1, n_ops - 1), n_fragile, replace=False)))
-    layers = []
-    for i in range(n_ops):
-        out = n_classes if i == n_ops - 1 else width
-        if i in (0, n_ops - 1):
-            W = rng.normal(0, np.sqrt(2.0 / width), (width, out))
-        else:
-            W = np.eye(width) + rng.normal(0, 0.4 / np.sqrt(width), (width, width))
-        b = rng.normal(0, 0.05, out)
-        layers.append(Dense(f"op{i:02d}", W.astype(np.float32), b.astype(np.float32), relu=i < n_ops - 1,
-                            fragile=i in fragile))
-    model = ToyModel(layers)
-    h = rng.normal(0, 1, (2048, width)).astype(np.float32)
-    for layer in layers[:-1]:
-        h = layer.forward(h)
-    layers[-1].b = (-(h.mean(0) @ layers[-1].W)).astype(np.float32)
-    return model, fragile
+    return make_chain_model(n_ops, fragile, width, n_classes, rng=rng, name="op{i:02d}"), fragile
 
 
 def synthetic_data(model: Any, n: int = 512, batch: int = 64, seed: int = 0) -> List[Tuple[np.ndarray, np.ndarray]]:

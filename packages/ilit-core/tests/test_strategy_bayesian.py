@@ -10,26 +10,10 @@ import ilit
 from ilit import StrategyContext, TuningSpace, cfg_fingerprint, load_config
 from ilit.strategies.bayesian import BayesianStrategy
 from ilit.tune_cfg import fallback_ops
-from ilit_toy import Dense, ToyAdaptor, ToyModel
+from ilit_toy import ToyAdaptor, make_chain_model
 
 
-def chain_model(n_ops, fragile, width=32, n_classes=8, seed=0):
-    """Near-identity dense+ReLU ops, so quantization error survives depth; ``fragile`` ops quantize badly."""
-    rng = np.random.default_rng(seed)
-    layers = []
-    for i in range(n_ops):
-        out = n_classes if i == n_ops - 1 else width
-        if i in (0, n_ops - 1):
-            W = rng.normal(0, np.sqrt(2.0 / width), (width, out))
-        else:
-            W = np.eye(width) + rng.normal(0, 0.4 / np.sqrt(width), (width, width))
-        layers.append(Dense(f"op{i}", W.astype(np.float32), rng.normal(0, 0.05, out).astype(np.float32),
-                            relu=i < n_ops - 1, fragile=i in fragile))
-    h = rng.normal(0, 1, (2048, width)).astype(np.float32)
-    for layer in layers[:-1]:
-        h = layer.forward(h)
-    layers[-1].b = (-(h.mean(0) @ layers[-1].W)).astype(np.float32)  # centred logits: every class occurs
-    return ToyModel(layers)
+chain_model = make_chain_model
 
 
 def dataset(model, n=256, batch=64, seed=1):

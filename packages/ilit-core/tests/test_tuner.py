@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import ilit
-import ilit_toy
 from ilit_toy import ToyAdaptor
 
 

@@ -18,7 +18,7 @@ from ilit import Adaptor, calibration_key, is_quantized
 from ilit.tune_cfg import TuneCfg
 
 from . import flatbuffer as fb
-from ._deps import interpreter_class, op_resolver_without_delegates, tf
+from ._deps import tf
 from .model import TFLiteModel
 from .ranges import ALGORITHMS, compute_range, subsample
 from .sources import KerasSource, Source, as_float_arrays, batch_inputs, is_saved_model_dir, make_source

@@ -78,6 +78,30 @@ def make_model(n_layers: int = 4, width: int = 16, n_classes: int = 4, fragile: 
     return ToyModel(layers)
 
 
+def make_chain_model(n_ops: int, fragile: Tuple[int, ...] = (), width: int = 32, n_classes: int = 8, seed: int = 0,
+                     rng: Optional[np.random.Generator] = None, name: str = "op{i}") -> ToyModel:
+    """A chain of dense+ReLU ops whose signal survives depth, for strategy tests and benchmarks.
+
+    Hidden ops are near-identity (I + small noise), so quantization error neither vanishes nor explodes
+    with depth; the last op's bias centres the logits so every class occurs. ``fragile`` ops quantize badly.
+    """
+    rng = np.random.default_rng(seed) if rng is None else rng
+    layers = []
+    for i in range(n_ops):
+        out = n_classes if i == n_ops - 1 else width
+        if i in (0, n_ops - 1):
+            W = rng.normal(0, np.sqrt(2.0 / width), (width, out))
+        else:
+            W = np.eye(width) + rng.normal(0, 0.4 / np.sqrt(width), (width, width))
+        layers.append(Dense(name.format(i=i), W.astype(np.float32), rng.normal(0, 0.05, out).astype(np.float32),
+                            relu=i < n_ops - 1, fragile=i in fragile))
+    h = rng.normal(0, 1, (2048, width)).astype(np.float32)
+    for layer in layers[:-1]:
+        h = layer.forward(h)
+    layers[-1].b = (-(h.mean(0) @ layers[-1].W)).astype(np.float32)
+    return ToyModel(layers)
+
+
 def make_dataset(model: ToyModel, n: int = 256, batch: int = 32, seed: int = 1) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Batches whose labels are the FP32 model's own predictions, so the baseline accuracy is 1.0."""
     rng = np.random.default_rng(seed)
