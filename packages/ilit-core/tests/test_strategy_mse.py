@@ -11,7 +11,7 @@ import ilit
 from ilit import ConfigError, StrategyContext, TuningSpace, load_config
 from ilit.strategies.mse import MSEStrategy, normalized_mse, rank_by_added_error
 from ilit.tune_cfg import fallback_ops
-from ilit_toy import ToyAdaptor, make_chain_model
+from ilit_toy import ToyAdaptor, make_chain_model, make_dataset
 
 
 chain_model = make_chain_model
@@ -19,13 +19,7 @@ chain_model = make_chain_model
 
 def dataset(model, n=256, batch=64, seed=1):
     """Inputs labelled by the FP32 model, clear-cut ones only, so plain 8-bit noise rarely flips a label."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 1, (2 * n, model.layers[0].W.shape[0])).astype(np.float32)
-    logits = model(x)
-    top2 = np.sort(logits, axis=1)[:, -2:]
-    keep = np.sort(np.argsort(top2[:, 0] - top2[:, 1])[:n])
-    x, y = x[keep], logits[keep].argmax(1)
-    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+    return make_dataset(model, n=n, batch=batch, seed=seed)
 
 
 def make_conf(ws, strategy="mse", schemes=("sym",), **tuning):
