@@ -89,3 +89,17 @@ def test_import_ilit_loads_no_framework():
             "('torch', 'tensorflow', 'keras', 'mxnet', 'sklearn', 'scipy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_detection_loads_only_the_adaptor_named_for_the_models_package(toy, conf, broken_plugin, monkeypatch):
+    from ilit import tuner as tuner_module
+
+    monkeypatch.setitem(tuner_module._MODULE_ADAPTORS, "ilit_toy", "toy")  # as torch -> pytorch
+    model, data = toy
+    c = conf()
+    del c["framework"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # loading every plugin would warn about the broken one
+        tuner = ilit.Tuner(c)
+        tuner.tune(model, data, eval_dataloader=data)
+    assert tuner.adaptor.name == "toy"

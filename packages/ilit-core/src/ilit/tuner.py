@@ -23,6 +23,8 @@ __all__ = ["Tuner"]
 
 log = logging.getLogger("ilit")
 _MAX_REPLAYS = 100_000  # a strategy re-proposing known configs this many times in a row is stuck
+#: the adaptor to try first for a model defined in these packages, when framework.name is not set
+_MODULE_ADAPTORS = {"torch": "pytorch", "tensorflow": "tensorflow", "keras": "tensorflow", "mxnet": "mxnet"}
 
 
 def _ensure_log_output() -> None:
@@ -79,6 +81,14 @@ class Tuner:
         name = self.config.framework.name
         if name:
             return registry.load("adaptor", name)
+        # try the adaptor named for the model's own package first, so a torch model never imports TensorFlow
+        installed = registry.installed("adaptor")
+        for module in dict.fromkeys(c.__module__.split(".")[0] for c in type(model).__mro__):
+            guess = _MODULE_ADAPTORS.get(module, module)
+            if guess in installed:
+                cls = registry.load("adaptor", guess)
+                if cls.accepts(model):
+                    return cls
         loaded = registry.load_all("adaptor")
         for cls in loaded.values():
             if cls.accepts(model):
