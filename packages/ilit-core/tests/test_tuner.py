@@ -217,3 +217,23 @@ def test_best_model_saved_in_workspace(easy_toy, conf, tmp_path):
     loaded = tuner.adaptor.load(str(tmp_path / "ws" / "best_model"))
     x = data[0][0]
     np.testing.assert_allclose(loaded(x), q(x), rtol=1e-5, atol=1e-5)
+
+
+def test_configs_the_adaptor_calls_the_same_model_run_once(easy_toy, conf, monkeypatch):
+    model, data = easy_toy
+
+    def canonical(self, tune_cfg):  # say asym activations ignore the dtype, as MXNet's do
+        out = {**tune_cfg, "ops": {n: dict(op) for n, op in tune_cfg["ops"].items()}}
+        for op in out["ops"].values():
+            if op["activation"].get("scheme") == "asym":
+                op["activation"] = {**op["activation"], "dtype": "int8"}
+        return out
+
+    monkeypatch.setattr(ToyAdaptor, "canonical_cfg", canonical)
+    c = conf(quantization={"weight": {"granularity": "per_channel", "scheme": "sym"},
+                           "activation": {"dtype": ["uint8", "int8"], "scheme": "asym"}})
+    c["tuning"]["timeout"] = 3600  # run the whole model-wise space
+    tuner = ilit.Tuner(c)
+    tuner.tune(model, data, eval_dataloader=data)
+    assert len(tuner.history.trials) == 1 and tuner.adaptor.quantize_calls == 1
+    assert tuner.history.trials[0].tune_cfg["ops"]["dense0"]["activation"]["dtype"] == "int8"

@@ -79,6 +79,15 @@ class Adaptor(ABC):
             metric.update(to_numpy(self.infer(model, inputs)), to_numpy(labels))
         return float(metric.result())
 
+    def canonical_cfg(self, tune_cfg: TuneCfg) -> TuneCfg:
+        """``tune_cfg`` in canonical form: configs that build the same model must map to one form.
+
+        The tuner runs each canonical form once and records it in history.json. Override this where
+        several choices mean one model (MXNet's asym activations ignore the dtype); the default
+        returns ``tune_cfg`` unchanged.
+        """
+        return tune_cfg
+
     def inspect_tensor(self, model: Any, dataloader: Iterable[Any], op_list: Sequence[str],
                        iteration_list: Sequence[int]) -> Dict[str, List[np.ndarray]]:
         """The outputs of the ops in ``op_list`` for the batches (0-based) in ``iteration_list``.

@@ -184,19 +184,20 @@ class Tuner:
         replays = 0
         stop_reason = "the strategy's space is exhausted"
         gen = strategy.configs()
-        for tune_cfg in gen:
+        for proposed in gen:
+            tune_cfg = adaptor.canonical_cfg(proposed)  # what is run and recorded; the strategy sees its own
             fp = cfg_fingerprint(tune_cfg)
-            if fp in seen:  # never evaluate the same config twice
+            if fp in seen:  # never evaluate the same config (or one building the same model) twice
                 replays += 1
                 if replays > _MAX_REPLAYS:
                     stop_reason = "the strategy kept proposing configs already evaluated"
                     break
                 t = seen[fp]
-                strategy.observe(tune_cfg, TrialResult(t.accuracy, t.objective, t.meets))
+                strategy.observe(proposed, TrialResult(t.accuracy, t.objective, t.meets))
                 continue
             replays = 0
             if not quantized_ops(tune_cfg):  # all-fp32 is the baseline, not a quantized model
-                strategy.observe(tune_cfg, TrialResult(math.nan, math.nan, False))
+                strategy.observe(proposed, TrialResult(math.nan, math.nan, False))
                 continue
             if len(history.trials) >= t_cfg.max_trials:
                 stop_reason = f"max_trials ({t_cfg.max_trials}) reached"
@@ -222,7 +223,7 @@ class Tuner:
                 if q_model is not None:
                     adaptor.save(q_model, best_dir)
             history.save(hist_path)
-            strategy.observe(tune_cfg, TrialResult(trial.accuracy, trial.objective, trial.meets))
+            strategy.observe(proposed, TrialResult(trial.accuracy, trial.objective, trial.meets))
             if trial.meets and t_cfg.timeout == 0:
                 stop_reason = "a config met the accuracy goal (timeout 0: stop at the first)"
                 break
