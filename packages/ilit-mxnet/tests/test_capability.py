@@ -43,6 +43,10 @@ def test_space_builds_and_orders_model_wise_configs(gluon_net):
     assert first["weight"]["dtype"] == "int8"
     # 2 weight granularities x (2 dtypes x 2 schemes x 2 algorithms) activation choices
     assert len(space.model_wise_configs()) == 16
+    # asym is MXNet's auto whatever the dtype: the tuner sees 12 distinct models, not 16
+    canonical = {ilit.cfg_fingerprint(ad.canonical_cfg(c)) for c in space.model_wise_configs()}
+    assert len(canonical) == 12
+    assert ad.canonical_cfg(space.model_wise_configs()[0])["ops"]["digits_conv0_fwd"]["activation"]["dtype"] == "int8"
 
 
 class _ResidualConcat(nn.HybridBlock):

@@ -138,6 +138,17 @@ class MXNetAdaptor(Adaptor):
             src.fp32 = to_symbol_model(src.model, example)
         return src.fp32
 
+    def canonical_cfg(self, tune_cfg: TuneCfg) -> TuneCfg:
+        """asym activations are MXNet's ``auto`` whatever their dtype: record them all as int8/asym, so the
+        tuner runs int8/asym and uint8/asym (one graph) once."""
+        ops = {}
+        for name, op in tune_cfg["ops"].items():
+            act = op.get("activation", {})
+            if act.get("scheme") == "asym" and act.get("dtype") == "uint8":
+                op = {**op, "activation": {**act, "dtype": "int8"}}
+            ops[name] = op
+        return {**tune_cfg, "ops": ops}
+
     # ------------------------------------------------------------------ capability
     def query_fw_capability(self, model: Any) -> Dict[str, Any]:
         graph = self._graph(self._source(model))
