@@ -66,14 +66,19 @@ def make_gluon_net():
     return net
 
 
-@pytest.fixture(scope="session")
-def gluon_net(digits):
-    mx.random.seed(7)
+def trained_gluon_net(digits, seed: int, epochs: int = 10):
+    """make_gluon_net, initialized from ``seed``, hybridized and trained on the digits training split."""
+    mx.random.seed(seed)
     net = make_gluon_net()
     net.initialize(mx.init.Xavier())
     net.hybridize()
-    _train_gluon(net, *digits["train"])
+    _train_gluon(net, *digits["train"], epochs=epochs)
     return net
+
+
+@pytest.fixture(scope="session")
+def gluon_net(digits):
+    return trained_gluon_net(digits, seed=7)
 
 
 GLUON_OPS = [

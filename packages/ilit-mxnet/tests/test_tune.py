@@ -63,14 +63,9 @@ def test_tune_with_a_forced_fallback_and_the_topk_metric(gluon_net, calib, evals
 @pytest.fixture(scope="module")
 def fragile_net(digits):
     """A classifier with one huge (but never used) weight: INT8 weights for its last layer lose the small ones."""
-    import mxnet as mx
-    from conftest import _train_gluon, make_gluon_net
+    from conftest import trained_gluon_net
 
-    mx.random.seed(9)
-    net = make_gluon_net()
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    _train_gluon(net, *digits["train"], epochs=6)
+    net = trained_gluon_net(digits, seed=9, epochs=6)
     params = net.collect_params()
     w0, b0 = params["digits_dense0_weight"].data(), params["digits_dense0_bias"].data()
     w0[0] = 0  # hidden unit 0 is always relu(-1) = 0 ...
