@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import registry
@@ -18,10 +19,12 @@ from .objective import Objective
 from .space import TuningSpace
 from .strategy import Strategy, StrategyContext, TrialResult
 from .tune_cfg import TuneCfg, cfg_fingerprint, describe, quantized_ops
+from .workspace import prepare_workspace, save_atomic
 
 __all__ = ["Tuner"]
 
 log = logging.getLogger("ilit")
+_now = time.perf_counter  # the clock of timeout and trial times (a test swaps it)
 _MAX_REPLAYS = 100_000  # a strategy re-proposing known configs this many times in a row is stuck
 #: the adaptor to try first for a model defined in these packages, when framework.name is not set
 _MODULE_ADAPTORS = {"torch": "pytorch", "tensorflow": "tensorflow", "keras": "tensorflow", "mxnet": "mxnet"}
@@ -36,11 +39,41 @@ def _ensure_log_output() -> None:
         log.setLevel(logging.INFO)
 
 
-def _first_inputs(loader: Iterable[Any]) -> Any:
-    batch = next(iter(loader))
+def _first_inputs(loader: Iterable[Any], name: str) -> Any:
+    """The inputs of the first batch; an empty loader is an error here, before any calibration runs."""
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise ValueError(f"{name} yielded no batches; give it at least one (inputs, labels) batch") from None
+    except TypeError as exc:
+        raise ValueError(f"{name} must be an iterable of (inputs, labels) batches, got "
+                         f"{type(loader).__name__}: {exc}") from None
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0]
     return batch
+
+
+def _check_loader(loader: Any, name: str) -> None:
+    """A loader is iterated once per trial, so a one-shot iterator (a generator) would be empty from trial 2 on."""
+    if isinstance(loader, Iterator):
+        raise ValueError(f"{name} is a one-shot {type(loader).__name__}: ilit iterates it once per trial, so it would "
+                         "be empty after the first; pass a list of batches or a re-iterable loader "
+                         "(torch DataLoader, tf.data.Dataset, gluon DataLoader)")
+    _first_inputs(loader, name)
+
+
+def as_score(value: Any, source: str) -> float:
+    """``value`` as a finite float accuracy; anything else (NaN, a string, None, a bool) is a ValueError."""
+    if isinstance(value, (str, bytes, bool)) or not hasattr(value, "__float__"):
+        raise ValueError(f"{source} returned {value!r} ({type(value).__name__}); it must return a number "
+                         "(the accuracy, higher is better)")
+    try:
+        score = float(value)
+    except (TypeError, ValueError) as exc:  # e.g. a tensor of several elements
+        raise ValueError(f"{source} returned {type(value).__name__} that is not one number: {exc}") from None
+    if not math.isfinite(score):
+        raise ValueError(f"{source} returned {score}; it must return a finite number")
+    return score
 
 
 def _build_metric(spec: Any) -> Metric:
@@ -109,15 +142,36 @@ class Tuner:
         _ensure_log_output()
         cfg = self.config
         t_cfg = cfg.tuning
+        # every check on the arguments, the workspace and the resume file runs before any calibration
         if eval_func is None and eval_dataloader is None:
             raise ValueError("tune() needs eval_dataloader (with tuning.metric in the config) or eval_func(model) -> float")
+        if eval_func is not None and eval_dataloader is not None:
+            raise ValueError("tune() got both eval_func and eval_dataloader; give one: eval_func(model) -> float, "
+                             "or eval_dataloader with tuning.metric in the config")
+        if eval_func is not None and not callable(eval_func):
+            raise ValueError(f"eval_func must be a function model -> float, got {type(eval_func).__name__}")
+        if q_func is not None and not callable(q_func):
+            raise ValueError(f"q_func must be a function taking the model, got {type(q_func).__name__}")
         if eval_func is None and t_cfg.metric is None:
             raise ConfigError("tuning.metric", "an eval_dataloader needs a metric, e.g. 'metric: {topk: 1}'; "
                               "or pass eval_func instead")
         if q_dataloader is None:
             raise ValueError("tune() needs q_dataloader, an iterable of (inputs, labels) batches for calibration")
+        _check_loader(q_dataloader, "q_dataloader")
+        if eval_dataloader is not None:
+            _check_loader(eval_dataloader, "eval_dataloader")
+        workspace = os.path.abspath(t_cfg.workspace_path)
+        prepare_workspace(workspace)
+        old = History.load(resume_file) if resume_file else None
 
-        adaptor: Adaptor = self._adaptor_class(model)(cfg)
+        adaptor_cls = self._adaptor_class(model)
+        if cfg.framework.name and not adaptor_cls.accepts(model):
+            kind = f"{type(model).__module__}.{type(model).__qualname__}"
+            raise ConfigError("framework.name", f"is {cfg.framework.name!r}, but the model given to tune() is a {kind}, "
+                              f"which the {cfg.framework.name} adaptor does not take; pass a "
+                              f"{cfg.framework.name} model, or set framework.name to the model's framework "
+                              f"(installed adaptors: {', '.join(registry.installed('adaptor'))})")
+        adaptor: Adaptor = adaptor_cls(cfg)
         self.adaptor = adaptor
         strategy_cls = registry.load("strategy", t_cfg.strategy)
         strategy_cls.check(adaptor)
@@ -133,24 +187,22 @@ class Tuner:
 
         def evaluate(m: Any) -> float:
             if eval_func is not None:
-                return float(eval_func(m))
-            return float(adaptor.evaluate(m, eval_dataloader, metric))  # type: ignore[arg-type]
+                return as_score(eval_func(m), "eval_func")
+            return as_score(adaptor.evaluate(m, eval_dataloader, metric), f"the {t_cfg.metric[0]} metric")  # type: ignore[arg-type,index]
 
         def quantize(tune_cfg: TuneCfg) -> Any:
             return adaptor.quantize(tune_cfg, model, q_dataloader, q_func)
 
-        inputs = _first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader)
+        inputs = _first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader,
+                               "eval_dataloader" if eval_dataloader is not None else "q_dataloader")
 
-        workspace = os.path.abspath(t_cfg.workspace_path)
-        os.makedirs(workspace, exist_ok=True)
         self.history_path = hist_path = os.path.join(workspace, "history.json")
         best_dir = os.path.join(workspace, "best_model")
         history = History(config_fingerprint=cfg.search_fingerprint(), model_fingerprint=adaptor.fingerprint(model),
                           config=dict(cfg.raw), metric_higher_is_better=higher_is_better, objective=t_cfg.objective)
         self.history = history
         done: Dict[str, Trial] = {}
-        if resume_file:
-            old = History.load(resume_file)
+        if old is not None:
             if old.config_fingerprint != history.config_fingerprint:
                 raise ResumeError(f"resume_file {resume_file!r} was written with a different config "
                                   "(only tuning.timeout, tuning.max_trials and tuning.workspace may change); "
@@ -162,10 +214,14 @@ class Tuner:
             history.baseline_accuracy, history.baseline_objective = old.baseline_accuracy, old.baseline_objective
             log.info("resuming from %s: %d trials already done", resume_file, len(done))
 
-        t0 = time.perf_counter()
+        t0 = _now()
         if history.baseline_accuracy is None:
-            history.baseline_accuracy = evaluate(model)
-            history.baseline_objective = objective.measure(model, adaptor, inputs)
+            try:
+                history.baseline_accuracy = evaluate(model)
+                history.baseline_objective = objective.measure(model, adaptor, inputs)
+            except Exception as exc:  # without a baseline there is no goal: stop at once, with the user's error
+                log.error("the FP32 baseline failed, so tuning stops: %s: %s", type(exc).__name__, exc)
+                raise
         baseline = float(history.baseline_accuracy)
         self.baseline_accuracy, self.baseline_objective = baseline, history.baseline_objective
         criterion = t_cfg.accuracy_criterion
@@ -184,50 +240,57 @@ class Tuner:
         replays = 0
         stop_reason = "the strategy's space is exhausted"
         gen = strategy.configs()
-        for proposed in gen:
-            tune_cfg = adaptor.canonical_cfg(proposed)  # what is run and recorded; the strategy sees its own
-            fp = cfg_fingerprint(tune_cfg)
-            if fp in seen:  # never evaluate the same config (or one building the same model) twice
-                replays += 1
-                if replays > _MAX_REPLAYS:
-                    stop_reason = "the strategy kept proposing configs already evaluated"
+        try:
+            for proposed in gen:
+                tune_cfg = adaptor.canonical_cfg(proposed)  # what is run and recorded; the strategy sees its own
+                fp = cfg_fingerprint(tune_cfg)
+                if fp in seen:  # never evaluate the same config (or one building the same model) twice
+                    replays += 1
+                    if replays > _MAX_REPLAYS:
+                        stop_reason = "the strategy kept proposing configs already evaluated"
+                        break
+                    t = seen[fp]
+                    strategy.observe(proposed, TrialResult(t.accuracy, t.objective, t.meets))
+                    continue
+                replays = 0
+                if not quantized_ops(tune_cfg):  # all-fp32 is the baseline, not a quantized model
+                    strategy.observe(proposed, TrialResult(math.nan, math.nan, False))
+                    continue
+                if len(history.trials) >= t_cfg.max_trials:
+                    stop_reason = f"max_trials ({t_cfg.max_trials}) reached"
                     break
-                t = seen[fp]
-                strategy.observe(proposed, TrialResult(t.accuracy, t.objective, t.meets))
-                continue
-            replays = 0
-            if not quantized_ops(tune_cfg):  # all-fp32 is the baseline, not a quantized model
-                strategy.observe(proposed, TrialResult(math.nan, math.nan, False))
-                continue
-            if len(history.trials) >= t_cfg.max_trials:
-                stop_reason = f"max_trials ({t_cfg.max_trials}) reached"
-                break
-            if t_cfg.timeout > 0 and time.perf_counter() - t0 >= t_cfg.timeout:
-                stop_reason = f"timeout ({t_cfg.timeout:g}s) reached"
-                break
-            q_model = None
-            if fp in done:  # replayed from the resumed history
-                old_t = done[fp]
-                trial = Trial(**{**old_t.__dict__, "trial": len(history.trials) + 1})
-                source = "resumed"
-            else:
-                trial, q_model = self._run_trial(len(history.trials) + 1, tune_cfg, quantize, evaluate, objective,
-                                                 adaptor, inputs, baseline, higher_is_better, t0)
-                source = "ran"
-            history.trials.append(trial)
-            seen[fp] = trial
-            self._log_trial(trial, baseline, objective, source)
-            if trial.meets and (best is None or objective.better(trial.objective, best.objective)):
-                best, best_model = trial, q_model
-                history.best = trial.trial
-                if q_model is not None:
-                    adaptor.save(q_model, best_dir)
-            history.save(hist_path)
-            strategy.observe(proposed, TrialResult(trial.accuracy, trial.objective, trial.meets))
-            if trial.meets and t_cfg.timeout == 0:
-                stop_reason = "a config met the accuracy goal (timeout 0: stop at the first)"
-                break
-        gen.close()
+                if t_cfg.timeout > 0 and _now() - t0 >= t_cfg.timeout:
+                    stop_reason = f"timeout ({t_cfg.timeout:g}s) reached"
+                    break
+                q_model = None
+                if fp in done:  # replayed from the resumed history
+                    old_t = done[fp]
+                    trial = Trial(**{**old_t.__dict__, "trial": len(history.trials) + 1})
+                    source = "resumed"
+                else:
+                    trial, q_model = self._run_trial(len(history.trials) + 1, tune_cfg, quantize, evaluate, objective,
+                                                     adaptor, inputs, baseline, higher_is_better, t0)
+                    source = "ran"
+                history.trials.append(trial)
+                seen[fp] = trial
+                self._log_trial(trial, baseline, objective, source)
+                if trial.meets and (best is None or objective.better(trial.objective, best.objective)):
+                    best, best_model = trial, q_model
+                    history.best = trial.trial
+                    if q_model is not None:
+                        save_atomic(adaptor.save, q_model, best_dir)
+                history.save(hist_path)
+                strategy.observe(proposed, TrialResult(trial.accuracy, trial.objective, trial.meets))
+                if trial.meets and t_cfg.timeout == 0:
+                    stop_reason = "a config met the accuracy goal (timeout 0: stop at the first)"
+                    break
+        except KeyboardInterrupt:
+            history.save(hist_path)  # every finished trial is kept; the one interrupted is not
+            log.warning("interrupted after %d trials; the history is saved. Continue with tune(..., resume_file=%r)%s",
+                        len(history.trials), hist_path, f"; best model so far: {best_dir}" if best and os.path.exists(best_dir) else "")
+            raise
+        finally:
+            gen.close()
 
         history.finished = True
         history.save(hist_path)
@@ -250,7 +313,7 @@ class Tuner:
             return None
         if best_model is None:  # the best trial came from a resumed history: rebuild it
             best_model = quantize(best.tune_cfg)
-            adaptor.save(best_model, best_dir)
+            save_atomic(adaptor.save, best_model, best_dir)
         return best_model
 
     # ------------------------------------------------------------------ helpers
@@ -258,22 +321,22 @@ class Tuner:
                    evaluate: Callable[[Any], float], objective: Objective, adaptor: Adaptor, inputs: Any,
                    baseline: float, higher_is_better: bool, t0: float) -> Any:
         crit = self.config.tuning.accuracy_criterion
-        tq = time.perf_counter()
+        tq = _now()
         q_model, error = None, None
         acc = obj = math.nan
         te = to = tq
         try:
             q_model = quantize(tune_cfg)
-            te = time.perf_counter()
+            te = _now()
             acc = evaluate(q_model)
-            to = time.perf_counter()
+            to = _now()
             if not math.isnan(acc) and crit.met(acc, baseline, higher_is_better):
                 obj = objective.measure(q_model, adaptor, inputs)  # only a passing model can be the best
         except Exception as exc:  # noqa: BLE001 - one bad config must not end hours of tuning
             error = f"{type(exc).__name__}: {exc}"
             log.warning("trial %d failed and is skipped: %s", number, error, exc_info=log.isEnabledFor(logging.DEBUG))
             q_model = None
-        tend = time.perf_counter()
+        tend = _now()
         meets = error is None and not math.isnan(acc) and crit.met(acc, baseline, higher_is_better)
         trial = Trial(trial=number, tune_cfg=tune_cfg, accuracy=acc, objective=obj, meets=meets,
                       quantize_s=max(0.0, te - tq), evaluate_s=max(0.0, to - te) if error is None else 0.0,
