@@ -25,7 +25,8 @@ def test_unknown_adaptor_lists_installed_and_the_pip_command():
     with pytest.raises(ilit.PluginNotFoundError) as e:
         registry.load("adaptor", "pytorch")
     msg = str(e.value)
-    assert msg.startswith("no adaptor 'pytorch' is installed (installed: toy)")
+    assert msg.startswith("framework.name: no adaptor 'pytorch' is installed (installed: toy)")
+    assert isinstance(e.value, ilit.ConfigError) and e.value.path == "framework.name"
     assert "pip install ilit-pytorch" in msg
 
 

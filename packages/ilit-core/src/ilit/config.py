@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
@@ -168,12 +169,52 @@ class Config:
 # ----------------------------------------------------------------------------- validation helpers
 
 
+SECTIONS = ("framework", "device", "calibration", "quantization", "tuning")
+_MAX_NODES = 100_000  # a config is a few hundred values; more is a mistake (or a YAML alias bomb)
+_MAX_DEPTH = 40
+SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
+
+
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        if not path:
+            raise ConfigError("", f"a config is a mapping with the sections {', '.join(SECTIONS)}; "
+                              f"got {type(value).__name__} {_short(value)}")
+        raise ConfigError(path, f"expected a mapping, got {type(value).__name__} {_short(value)}")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def plain_data(value: Any, path: str = "") -> Any:
+    """A JSON-safe copy of a loaded YAML document: string keys, finite floats, dates and other scalars as text.
+
+    It is what the history records. Deep nesting or a huge document (e.g. a YAML alias bomb) is refused.
+    """
+    budget = [_MAX_NODES]
+
+    def walk(v: Any, where: str, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(path, f"the config is too large (over {_MAX_NODES} values); is it the right file?")
+        if depth > _MAX_DEPTH:
+            raise ConfigError(where, f"nested more than {_MAX_DEPTH} levels deep; is it the right file?")
+        if isinstance(v, Mapping):
+            return {str(k): walk(x, f"{where}.{k}" if where else str(k), depth + 1) for k, x in v.items()}
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return [walk(x, where, depth + 1) for x in v]
+        if v is None or isinstance(v, (bool, int, str)):
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else str(v)
+        return str(v)
+
+    return walk(value, path, 0)
 
 
 def _check_keys(d: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
@@ -188,11 +229,11 @@ def _choices(value: Any, path: str, allowed: Sequence[str]) -> Choices:
         return None
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
-        raise ConfigError(path, f"expected one of {list(allowed)} or a non-empty list of them, got {value!r}")
+        raise ConfigError(path, f"expected one of {list(allowed)} or a non-empty list of them, got {_short(value)}")
     out = []
     for item in items:
-        if item not in allowed:
-            raise ConfigError(path, f"{item!r} is not valid; expected one of {list(allowed)}")
+        if not isinstance(item, str) or item not in allowed:
+            raise ConfigError(path, f"{_short(item)} is not valid; expected one of {list(allowed)}")
         if item not in out:
             out.append(item)
     return tuple(out)
@@ -203,15 +244,18 @@ def _names(value: Any, path: str) -> Optional[Tuple[str, ...]]:
         return None
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
-        raise ConfigError(path, f"expected a name or a list of names, got {value!r}")
+        raise ConfigError(path, f"expected a name or a list of names, got {_short(value)}")
     return tuple(items)
 
 
-def _number(value: Any, path: str, *, minimum: float = 0.0, integer: bool = False) -> Any:
+def _number(value: Any, path: str, *, minimum: float = 0.0, integer: bool = False,
+            maximum: Optional[float] = None) -> Any:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value < minimum:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(path, f"expected {kind} >= {minimum:g}, got {value!r}")
+    if (isinstance(value, bool) or not ok or not math.isfinite(value) or value < minimum
+            or (maximum is not None and value > maximum)):
+        kind = "an integer" if integer else "a finite number"
+        bounds = f">= {minimum:g}" if maximum is None else f"from {minimum:g} to {maximum:g}"
+        raise ConfigError(path, f"expected {kind} {bounds}, got {_short(value)}")
     return value
 
 
@@ -224,7 +268,7 @@ def _iterations(value: Any, path: str) -> Tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError(path, f"expected a positive batch count or a list of them, got {value!r}")
+        raise ConfigError(path, f"expected a positive batch count or a list of them, got {_short(value)}")
     return tuple(_number(v, path, minimum=1, integer=True) for v in value)
 
 
@@ -243,7 +287,7 @@ def _metric(value: Any, path: str) -> Optional[Tuple[str, Any]]:
         (name, args), = value.items()
         if isinstance(name, str):
             return (name.lower(), args)
-    raise ConfigError(path, f"expected a metric name or a one-key mapping like {{topk: 1}}, got {value!r}")
+    raise ConfigError(path, f"expected a metric name or a one-key mapping like {{topk: 1}}, got {_short(value)}")
 
 
 def _criterion(value: Any, path: str) -> AccuracyCriterion:
@@ -271,19 +315,23 @@ def _op_override(value: Any, path: str) -> OpOverride:
     fb = [t.dtype for t in (weight, act) if t.dtype and "fp32" in t.dtype]
     if any(dtypes != ("fp32",) for dtypes in fb):
         raise ConfigError(f"{path}", "dtype fp32 forces a fallback: write it alone (dtype: fp32), not in a list")
+    if fb and len(fb) == 1 and any(t.dtype and t.dtype != ("fp32",) for t in (weight, act)):
+        raise ConfigError(f"{path}", "one tensor is fp32 and the other quantized; an op runs in fp32 or in int8 as a "
+                          "whole: write dtype: fp32 for both (fallback), or quantized dtypes for both")
     return OpOverride(weight=weight, activation=act, fallback=bool(fb))
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
     """Validate an already-loaded YAML mapping into a :class:`Config`."""
     data = _mapping(data, "")
-    _check_keys(data, "", ("framework", "device", "calibration", "quantization", "tuning"))
+    data = plain_data(data)
+    _check_keys(data, "", SECTIONS)
 
     fw = _mapping(data.get("framework"), "framework")
     _check_keys(fw, "framework", ("name", "inputs", "outputs"))
     name = fw.get("name")
     if name is not None and not isinstance(name, str):
-        raise ConfigError("framework.name", f"expected an adaptor name such as 'pytorch', got {name!r}")
+        raise ConfigError("framework.name", f"expected an adaptor name such as 'pytorch', got {_short(name)}")
     framework = FrameworkConfig(
         name=name.lower() if name else None,
         inputs=_names(fw.get("inputs"), "framework.inputs"),
@@ -292,7 +340,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
     device = data.get("device", "cpu")
     if device not in DEVICES:
-        raise ConfigError("device", f"only {list(DEVICES)} is supported, got {device!r}")
+        raise ConfigError("device", f"only {list(DEVICES)} is supported, got {_short(device)}")
 
     cal = _mapping(data.get("calibration"), "calibration")
     _check_keys(cal, "calibration", ("iterations", "algorithm"))
@@ -308,7 +356,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     _check_keys(q, "quantization", ("approach", "weight", "activation"))
     approach = q.get("approach", "post_training_static_quant")
     if approach not in APPROACHES:
-        raise ConfigError("quantization.approach", f"{approach!r} is not valid; expected one of {list(APPROACHES)}")
+        raise ConfigError("quantization.approach", f"{_short(approach)} is not valid; expected one of {list(APPROACHES)}")
     weight = _tensor(q.get("weight"), "quantization.weight")
     act = _tensor(q.get("activation"), "quantization.activation")
     for tensor, cal_algo, where in ((weight, calibration.weight_algorithm, "weight"),
@@ -319,6 +367,16 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     weight = TensorQuantConfig(weight.dtype, weight.scheme, weight.granularity,
                                weight.algorithm or calibration.weight_algorithm)
     act = TensorQuantConfig(act.dtype, act.scheme, act.granularity, act.algorithm or calibration.activation_algorithm)
+    if approach == "post_training_dynamic_quant" and act.algorithm:
+        where = ("calibration.algorithm.activation" if calibration.activation_algorithm
+                 else "quantization.activation.algorithm")
+        raise ConfigError(where, "conflicts with quantization.approach post_training_dynamic_quant, which computes "
+                          "activation ranges at run time with no calibration algorithm; remove it, or use "
+                          "post_training_static_quant")
+    if weight.dtype == ("fp32",) or act.dtype == ("fp32",):
+        where = "quantization.weight.dtype" if weight.dtype == ("fp32",) else "quantization.activation.dtype"
+        raise ConfigError(where, "fp32 alone for every op leaves nothing to quantize; allow int8/uint8, and keep "
+                          "single ops in fp32 with tuning.ops.<op>.weight.dtype: fp32")
     quantization = QuantizationConfig(approach=approach, weight=weight, activation=act)
 
     t = _mapping(data.get("tuning"), "tuning")
@@ -328,14 +386,16 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     if isinstance(strategy, Mapping) and set(strategy) == {"name"}:
         strategy = strategy["name"]
     if not isinstance(strategy, str):
-        raise ConfigError("tuning.strategy", f"expected a strategy name such as 'basic', got {strategy!r}")
+        raise ConfigError("tuning.strategy", f"expected a strategy name such as 'basic', got {_short(strategy)}")
     objective = t.get("objective", "performance")
     if not isinstance(objective, str):
-        raise ConfigError("tuning.objective", f"expected one of {list(OBJECTIVES_BUILTIN)} or a plugin name, got {objective!r}")
+        raise ConfigError("tuning.objective", f"expected one of {list(OBJECTIVES_BUILTIN)} or a plugin name, got {_short(objective)}")
     ws = _mapping(t.get("workspace"), "tuning.workspace")
     _check_keys(ws, "tuning.workspace", ("path",))
     ws_path = ws.get("path", "./ilit_workspace")
     if not isinstance(ws_path, str):
+        raise ConfigError("tuning.workspace.path", f"expected a directory path, got {_short(ws_path)}")
+    if not ws_path.strip() or "\0" in ws_path:
         raise ConfigError("tuning.workspace.path", f"expected a directory path, got {ws_path!r}")
     ops_raw = _mapping(t.get("ops"), "tuning.ops")
     seed = t.get("random_seed", 1978)
@@ -346,7 +406,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         objective=objective.lower(),
         timeout=float(_number(t.get("timeout", 0), "tuning.timeout")),
         max_trials=int(_number(t.get("max_trials", 100), "tuning.max_trials", minimum=1, integer=True)),
-        random_seed=int(_number(seed, "tuning.random_seed", integer=True)),
+        random_seed=int(_number(seed, "tuning.random_seed", integer=True, maximum=SEED_MAX)),
         ops={str(k): _op_override(v, f"tuning.ops.{k}") for k, v in ops_raw.items()},
         workspace_path=ws_path,
     )
@@ -355,17 +415,38 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
 
 def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config]) -> Config:
-    """Load and validate a config from a YAML path, an already-loaded mapping, or a Config."""
+    """Load and validate a config from a YAML path, an already-loaded mapping, or a Config.
+
+    The YAML is read with ``yaml.safe_load``: a tag like ``!!python/object`` is an error, never run.
+    """
     if isinstance(source, Config):
         return source
     if isinstance(source, Mapping):
         return parse_config(source)
-    path = os.fspath(source)
-    if not os.path.isfile(path):
+    if not isinstance(source, (str, bytes, os.PathLike)):
+        raise ConfigError("", f"expected a YAML file path, a dict or an ilit.Config, got {type(source).__name__}")
+    path = os.fsdecode(source)
+    if not os.path.exists(path):
         raise ConfigError("", f"config file {path!r} does not exist; pass a YAML path or a dict")
-    with open(path, encoding="utf-8") as f:
-        try:
+    if not os.path.isfile(path):
+        raise ConfigError("", f"config path {path!r} is not a file; pass the YAML file itself")
+    try:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
-    return parse_config(data or {})
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise ConfigError("", f"{path} is not valid YAML{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise ConfigError("", f"{path} is nested too deeply to be an ilit config") from None
+    if data is None:
+        raise ConfigError("", f"config file {path!r} is empty; start from ilit's template.yaml "
+                          "(framework, quantization and tuning sections)")
+    return parse_config(data)

@@ -16,8 +16,11 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
-class PluginNotFoundError(LookupError):
-    """No plugin of that name is installed in an ``ilit.*`` entry-point group."""
+class PluginNotFoundError(ConfigError, LookupError):
+    """No plugin of that name is installed in an ``ilit.*`` entry-point group.
+
+    It is a :class:`ConfigError` too, naming the config key that asked for it (e.g. ``tuning.strategy``).
+    """
 
 
 class PluginLoadError(ImportError):

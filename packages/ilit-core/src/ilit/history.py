@@ -68,28 +68,95 @@ class History:
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> "History":
+        """Read a history.json, refusing anything that is not exactly what ilit writes (it never unpickles)."""
         path = os.fspath(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_BYTES + 1)
         except FileNotFoundError:
             raise ResumeError(f"resume_file {path!r} does not exist; pass the history.json of an earlier run") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            raise ResumeError(f"cannot read resume_file {path!r}: {exc.strerror or exc}") from None
+        if len(raw) > _MAX_BYTES:
+            raise ResumeError(f"resume_file {path!r} is over {_MAX_BYTES >> 20} MB, far more than any ilit history")
+        if raw[:1] == b"\x80" or raw[:2] in (b"PK", b"\x1f\x8b"):
+            raise ResumeError(f"resume_file {path!r} is a binary file (a pickle or an archive?), not a history.json; "
+                              "ilit never unpickles: pass the JSON file an earlier ilit run wrote in its workspace")
+        try:
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ResumeError(f"resume_file {path!r} is not a valid history.json ({exc}); "
                               "it must be the JSON file an earlier ilit run wrote in its workspace") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or "trials" not in data:
-            raise ResumeError(f"resume_file {path!r} is not an ilit history (format {FORMAT}) file")
-        for t in data["trials"]:
-            for key in ("accuracy", "objective"):
-                t[key] = math.nan if t[key] is None else t[key]
-        data["trials"] = [Trial(**t) for t in data["trials"]]
-        return cls(**data)
+        return cls(**_checked(data, path))
 
     def trial(self, number: Optional[int]) -> Optional[Trial]:
         for t in self.trials:
             if t.trial == number:
                 return t
         return None
+
+
+_MAX_BYTES = 256 << 20
+_NUMBER = (int, float)
+_TOP: Dict[str, Any] = {  # key -> allowed types; None in a tuple means null is allowed
+    "config_fingerprint": (str,), "model_fingerprint": (str,), "config": (dict,),
+    "metric_higher_is_better": (bool,), "objective": (str,), "baseline_accuracy": (*_NUMBER, None),
+    "baseline_objective": (*_NUMBER, None), "trials": (list,), "best": (int, None), "finished": (bool,),
+    "ilit_version": (str,), "format": (int,),
+}
+_TRIAL: Dict[str, Any] = {
+    "trial": (int,), "tune_cfg": (dict,), "accuracy": (*_NUMBER, None), "objective": (*_NUMBER, None),
+    "meets": (bool,), "quantize_s": _NUMBER, "evaluate_s": _NUMBER, "objective_s": _NUMBER, "elapsed_s": _NUMBER,
+    "fingerprint": (str,), "error": (str, None),
+}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not strict JSON (ilit writes NaN as null)")
+
+
+def _check_fields(d: Any, schema: Dict[str, Any], where: str, path: str) -> None:
+    if not isinstance(d, dict):
+        raise ResumeError(f"resume_file {path!r}: {where} is {type(d).__name__}, expected an object; "
+                          "the file is not an ilit history")
+    missing = [k for k in schema if k not in d]
+    extra = [k for k in d if k not in schema]
+    if missing or extra:
+        raise ResumeError(f"resume_file {path!r}: {where} has " + "; ".join(
+            p for p in (f"missing keys {missing}" if missing else "", f"unknown keys {extra}" if extra else "") if p)
+            + "; the file is not an ilit history of this version (or was edited)")
+    for key, types in schema.items():
+        v = d[key]
+        ok = (v is None and None in types) or (
+            v is not None and isinstance(v, tuple(t for t in types if t is not None))
+            and not (isinstance(v, bool) and bool not in types))
+        if not ok:
+            raise ResumeError(f"resume_file {path!r}: {where}.{key} is {v!r}, which is not a valid value there")
+
+
+def _checked(data: Any, path: str) -> Dict[str, Any]:
+    """The keyword arguments of History from a parsed file, or a ResumeError saying what is wrong."""
+    if not isinstance(data, dict) or "format" not in data:
+        raise ResumeError(f"resume_file {path!r} is JSON but not an ilit history (no 'format' key); "
+                          "pass the history.json an earlier ilit run wrote in its workspace")
+    if data["format"] != FORMAT:
+        raise ResumeError(f"resume_file {path!r} is history format {data['format']!r} (written by ilit "
+                          f"{data.get('ilit_version', '?')}); this ilit {__version__} reads format {FORMAT}: "
+                          "start without resume_file, or resume with the ilit version that wrote it")
+    _check_fields(data, _TOP, "the file", path)
+    trials = []
+    for i, t in enumerate(data["trials"]):
+        _check_fields(t, _TRIAL, f"trials[{i}]", path)
+        if t["fingerprint"] != cfg_fingerprint(t["tune_cfg"]):
+            raise ResumeError(f"resume_file {path!r}: trials[{i}] does not match its fingerprint; the file was "
+                              "edited or damaged, so it cannot be trusted for resume")
+        values = {k: (math.nan if k in ("accuracy", "objective") and t[k] is None else t[k]) for k in _TRIAL}
+        trials.append(Trial(**values))
+    numbers = [t.trial for t in trials]
+    if numbers != list(range(1, len(trials) + 1)):
+        raise ResumeError(f"resume_file {path!r}: trial numbers {numbers[:10]} are not 1, 2, 3, ...; "
+                          "the file was edited or damaged")
+    return {**data, "trials": trials}
 
 
 def _nan_to_none(value: Any) -> Any:

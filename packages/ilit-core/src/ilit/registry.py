@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 
 from .errors import PluginLoadError, PluginNotFoundError
 
-__all__ = ["GROUPS", "installed", "load", "install_hint"]
+__all__ = ["GROUPS", "CONFIG_KEYS", "installed", "require", "load", "load_all", "install_hint"]
 
 GROUPS = {
     "adaptor": "ilit.adaptors",
@@ -21,6 +21,10 @@ GROUPS = {
     "metric": "ilit.metrics",
     "objective": "ilit.objectives",
 }
+
+#: the config key that names a plugin of each kind, for errors
+CONFIG_KEYS = {"adaptor": "framework.name", "strategy": "tuning.strategy", "metric": "tuning.metric",
+               "objective": "tuning.objective"}
 
 _KNOWN = {  # where the first-party plugins come from, for the "how to get it" hint
     ("adaptor", "pytorch"): "pip install ilit-pytorch 'ilit-pytorch[torch]'",
@@ -57,6 +61,12 @@ def install_hint(kind: str, name: str) -> str:
     return f"install a package that registers '{name}' in the '{GROUPS[kind]}' entry-point group"
 
 
+def require(kind: str, name: str) -> None:
+    """Raise :class:`ilit.PluginNotFoundError` unless a plugin ``name`` of this kind is installed (nothing is imported)."""
+    if name.lower() not in installed(kind):
+        load(kind, name)
+
+
 def load(kind: str, name: str) -> Any:
     """Load the plugin class registered as ``name``; errors list what is installed and how to get more."""
     name = name.lower()
@@ -65,7 +75,7 @@ def load(kind: str, name: str) -> Any:
     if ep is None:
         listed = ", ".join(available) or "none"
         raise PluginNotFoundError(
-            f"no {kind} '{name}' is installed (installed: {listed}). Install it with: {install_hint(kind, name)}")
+            CONFIG_KEYS[kind], f"no {kind} '{name}' is installed (installed: {listed}). Install it with: {install_hint(kind, name)}")
     try:
         return ep.load()
     except Exception as exc:  # noqa: BLE001 - reported with the plugin's own error

@@ -87,7 +87,7 @@ def _build_metric(spec: Any) -> Metric:
         if isinstance(args, (list, tuple)):
             return cls(*args)
         return cls(args)
-    except TypeError as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ConfigError(f"tuning.metric.{name}", f"the {name} metric does not take {args!r}: {exc}") from None
 
 
@@ -101,6 +101,7 @@ class Tuner:
 
     def __init__(self, conf: Union[str, "os.PathLike[str]", Mapping[str, Any], Config]) -> None:
         self.config: Config = load_config(conf)
+        self._check_plugins()
         self.adaptor: Optional[Adaptor] = None
         self.history: Optional[History] = None
         self.history_path: Optional[str] = None
@@ -110,6 +111,18 @@ class Tuner:
         self.objective: Optional[Objective] = None
 
     # ------------------------------------------------------------------ plugin selection
+    def _check_plugins(self) -> None:
+        """Every plugin the config names must be installed, and the metric must take its arguments:
+        a config error here costs a moment, not a calibration run."""
+        t = self.config.tuning
+        registry.require("strategy", t.strategy)
+        registry.require("objective", t.objective)
+        if self.config.framework.name:
+            registry.require("adaptor", self.config.framework.name)
+        if t.metric is not None:
+            registry.require("metric", t.metric[0])
+            _build_metric(t.metric)
+
     def _adaptor_class(self, model: Any) -> type:
         name = self.config.framework.name
         if name:
