@@ -10,7 +10,7 @@ import_mxnet()
 
 from .adaptor import MXNetAdaptor  # noqa: E402
 from .graph import node_precisions  # noqa: E402
-from .model import SymbolModel, to_symbol_model  # noqa: E402
+from .model import ModelFileError, SymbolModel, to_symbol_model  # noqa: E402
 from .version import __version__  # noqa: E402
 
-__all__ = ["MXNetAdaptor", "SymbolModel", "to_symbol_model", "node_precisions", "__version__"]
+__all__ = ["MXNetAdaptor", "SymbolModel", "ModelFileError", "to_symbol_model", "node_precisions", "__version__"]

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -25,7 +25,7 @@ from ilit.tune_cfg import TuneCfg, is_quantized
 from ._env import KL_EXTRA, scipy_available
 from .calibration import LayerStats, StatsCollector, thresholds
 from .graph import BACKEND, FusedGraph, MonitoredExecutor, _nodes, _output_names
-from .model import SymbolModel, as_nd_inputs, to_symbol_model, trace_block
+from .model import SymbolModel, as_nd_inputs, is_checkpoint, to_symbol_model, trace_block
 
 __all__ = ["MXNetAdaptor"]
 
@@ -84,6 +84,21 @@ class MXNetAdaptor(Adaptor):
         self._sources: Dict[int, _Source] = {}
 
     # ------------------------------------------------------------------ models
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        """Whether ``model`` is in a form this adaptor takes, so ``tune`` refuses anything else up front.
+
+        True for a Gluon block, a :class:`SymbolModel`, a ``(symbol, arg_params, aux_params)`` tuple, a path
+        naming checkpoint files that exist (nothing is read), and a ``Module``; False for the rest, models of
+        other frameworks included. A Gluon block that is not hybridizable and an unbound Module are accepted
+        as MXNet models: ``query_fw_capability`` then says precisely what to change, still before calibration.
+        """
+        if isinstance(model, (SymbolModel, mx.gluon.Block, mx.mod.Module)):
+            return True
+        if isinstance(model, (str, os.PathLike)):
+            return is_checkpoint(model)
+        return _is_symbol_tuple(model)
+
     def _source(self, model: Any) -> _Source:
         src = self._sources.get(id(model))
         if src is not None and src.model is model:
@@ -105,7 +120,7 @@ class MXNetAdaptor(Adaptor):
             return SymbolModel.from_module(model)
         if isinstance(model, (str, os.PathLike)):
             return SymbolModel.load(os.fspath(model))
-        if isinstance(model, (tuple, list)) and len(model) == 3 and isinstance(model[0], mx.sym.Symbol):
+        if _is_symbol_tuple(model):
             return SymbolModel(model[0], model[1], model[2])
         if isinstance(model, mx.gluon.Block):
             raise TypeError(f"{type(model).__name__} is a Gluon Block but not a HybridBlock: MXNet quantizes graphs, "
@@ -383,6 +398,15 @@ class MXNetAdaptor(Adaptor):
             h.update(name.encode())
             h.update(values[name].asnumpy().tobytes())
         return h.hexdigest()
+
+
+def _is_symbol_tuple(model: Any) -> bool:
+    """``(symbol, arg_params, aux_params)``: a Symbol, a dict of NDArrays, and a dict of NDArrays (or None)."""
+    if not (isinstance(model, (tuple, list)) and len(model) == 3 and isinstance(model[0], mx.sym.Symbol)):
+        return False
+    args, auxs = model[1], model[2] if model[2] is not None else {}
+    return all(isinstance(d, Mapping) and all(isinstance(k, str) and isinstance(v, mx.nd.NDArray)
+                                              for k, v in d.items()) for d in (args, auxs))
 
 
 def _dequantized(arrays: Sequence[mx.nd.NDArray]) -> np.ndarray:

@@ -16,10 +16,127 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import mxnet as mx
 import numpy as np
 
-__all__ = ["SymbolModel", "to_symbol_model", "as_nd_inputs", "block_params"]
+__all__ = ["SymbolModel", "ModelFileError", "to_symbol_model", "as_nd_inputs", "block_params", "checkpoint_files",
+           "is_checkpoint"]
 
 META_FILE = "ilit_mxnet.json"
+META_FORMAT = 1
 PREFIX = "model"
+_NDARRAY_MAGIC = 0x112  # the first little-endian uint64 of MXNet's NDArray list file (kMXAPINDArrayListMagic)
+
+
+class ModelFileError(ValueError):
+    """A file read as a saved model is not one ilit-mxnet (or MXNet's checkpoint export) wrote.
+
+    ``file`` is its path; the message says what is wrong with it.
+    """
+
+    def __init__(self, file: str, reason: str) -> None:
+        self.file = file
+        super().__init__(f"{file} is not a model ilit saved (nor an MXNet checkpoint file): {reason}. ilit-mxnet "
+                         f"reads only MXNet's symbol JSON and .params formats and its own {META_FILE}, and never "
+                         "unpickles: load a directory written by ilit (tuner workspace best_model, adaptor.save) or "
+                         "an MXNet checkpoint (HybridBlock.export, mx.model.save_checkpoint)")
+
+
+def checkpoint_files(path: str, params: Optional[str] = None, epoch: int = 0) -> Tuple[str, str, Optional[str]]:
+    """The files :meth:`SymbolModel.load` reads for ``path``: (symbol JSON, params, ilit metadata or None).
+
+    ``path`` is a directory ilit saved, a ``-symbol.json`` (or ``.json``) path, or a checkpoint prefix.
+    """
+    meta_file = None
+    if os.path.isdir(path):
+        meta_file = os.path.join(path, META_FILE)
+        path = os.path.join(path, PREFIX)
+    if path.endswith(".json"):
+        if params is None:
+            stem = path[: -len("-symbol.json")] if path.endswith("-symbol.json") else path[: -len(".json")]
+            params = f"{stem}-{epoch:04d}.params"
+        return path, params, meta_file
+    return f"{path}-symbol.json", params or f"{path}-{epoch:04d}.params", meta_file
+
+
+def is_checkpoint(path: Any) -> bool:
+    """Whether ``path`` (a str or PathLike) names files :meth:`SymbolModel.load` would read (it reads none)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    try:
+        files = checkpoint_files(os.fspath(path))
+        return all(f is None or os.path.isfile(f) for f in files)
+    except (TypeError, ValueError, OSError):  # bytes paths, NUL characters, ...
+        return False
+
+
+def _mx_reason(exc: BaseException) -> str:
+    """The last line of an MXNetError (``Check failed: ...``), without the C++ traceback before it."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last[len("MXNetError: "):] if last.startswith("MXNetError: ") else last
+
+
+def _read_text_json(file: str, what: str) -> Tuple[str, Any]:
+    with open(file, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFileError(file, f"it should be {what} (UTF-8 JSON text) but is binary (a pickle?)") from None
+    try:
+        return text, json.loads(text)
+    except ValueError as exc:
+        raise ModelFileError(file, f"it should be {what} but is not valid JSON ({exc})") from None
+
+
+def _read_meta(file: str) -> Dict[str, Any]:
+    """ilit's metadata: ``{"format": 1, "data_names": [...], "meta": {...}}``, checked field by field."""
+    _text, doc = _read_text_json(file, "ilit-mxnet's metadata")
+    if not isinstance(doc, dict) or doc.get("format") != META_FORMAT:
+        raise ModelFileError(file, f"it should be a JSON object with \"format\": {META_FORMAT}")
+    names = doc.get("data_names")
+    if names is not None and not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ModelFileError(file, f"its data_names should be a list of input names, got {names!r}")
+    if not isinstance(doc.get("meta", {}), dict):
+        raise ModelFileError(file, f"its meta should be a JSON object, got {type(doc['meta']).__name__}")
+    return doc
+
+
+def _read_symbol(file: str) -> mx.sym.Symbol:
+    """The graph, checked as JSON in Python before MXNet's C++ parser sees it."""
+    text, doc = _read_text_json(file, "an MXNet symbol")
+    if not (isinstance(doc, dict) and isinstance(doc.get("nodes"), list) and isinstance(doc.get("heads"), list)):
+        raise ModelFileError(file, "it is JSON but not an MXNet symbol (an object with \"nodes\" and \"heads\")")
+    try:
+        return mx.sym.load_json(text)
+    except mx.base.MXNetError as exc:
+        raise ModelFileError(file, f"MXNet cannot read it as a symbol ({_mx_reason(exc)})") from None
+
+
+def _read_params(file: str, symbol: mx.sym.Symbol) -> Tuple[Dict[str, mx.nd.NDArray], Dict[str, mx.nd.NDArray]]:
+    """arg and aux params from MXNet's NDArray file format (``arg:``/``aux:`` prefixed or plain Gluon names)."""
+    with open(file, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or int.from_bytes(head, "little") != _NDARRAY_MAGIC:
+        raise ModelFileError(file, "it does not start with the header of MXNet's NDArray file format (a pickle, "
+                             "a numpy or torch file?)")
+    try:
+        loaded = mx.nd.load(file)
+    except mx.base.MXNetError as exc:
+        raise ModelFileError(file, f"MXNet cannot read its arrays ({_mx_reason(exc)}); the file is damaged or "
+                             "truncated") from None
+    if not isinstance(loaded, dict):
+        raise ModelFileError(file, "it holds a list of arrays without names; parameters are saved by name")
+    auxs = set(symbol.list_auxiliary_states())
+    arg: Dict[str, mx.nd.NDArray] = {}
+    aux: Dict[str, mx.nd.NDArray] = {}
+    for key, value in loaded.items():
+        kind, _, name = key.partition(":")
+        if kind == "aux":
+            aux[name] = value
+        elif kind == "arg":
+            arg[name] = value
+        else:  # a plain (Gluon save_parameters style) name
+            (aux if key in auxs else arg)[key] = value
+    return arg, aux
 
 
 def as_nd_inputs(inputs: Any) -> List[mx.nd.NDArray]:
@@ -72,39 +189,39 @@ class SymbolModel:
     def load(cls, path: str, params: Optional[str] = None, epoch: int = 0,
              data_names: Optional[Sequence[str]] = None) -> "SymbolModel":
         """Load ``path-symbol.json`` + ``path-%04d.params`` (a checkpoint prefix), a ``.json`` path plus
-        ``params``, or a directory written by :meth:`save_dir`."""
-        meta: Dict[str, Any] = {}
-        if os.path.isdir(path):
-            with open(os.path.join(path, META_FILE), encoding="utf-8") as f:
-                meta = json.load(f)
-            data_names = data_names or meta.get("data_names")
-            path = os.path.join(path, PREFIX)
-        if path.endswith(".json"):
-            sym_file = path
-            if params is None:
-                stem = path[: -len("-symbol.json")] if path.endswith("-symbol.json") else path[: -len(".json")]
-                params = f"{stem}-{epoch:04d}.params"
-        else:
-            sym_file, params = f"{path}-symbol.json", params or f"{path}-{epoch:04d}.params"
-        for f in (sym_file, params):
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"{f} does not exist; pass a checkpoint prefix (PREFIX-symbol.json and "
-                                        f"PREFIX-{epoch:04d}.params) or the .json and .params paths")
-        symbol = mx.sym.load(sym_file)
-        arg, aux = {}, {}
-        for key, value in mx.nd.load(params).items():
-            kind, _, name = key.partition(":")
-            if kind == "aux":
-                aux[name] = value
-            elif kind == "arg":
-                arg[name] = value
-            else:  # a plain (Gluon save_parameters style) name
-                (aux if key in symbol.list_auxiliary_states() else arg)[key] = value
-        return cls(symbol, arg, aux, data_names=data_names, meta=meta.get("meta"))
+        ``params``, or a directory written by :meth:`save_dir`.
+
+        Only MXNet's own formats (symbol JSON, the NDArray ``.params`` format) and ilit's JSON metadata are
+        read, so a file from someone else never runs code (nothing is unpickled). A file that is not what it
+        should be raises :class:`ModelFileError` naming it, not MXNet's C++ error.
+        """
+        sym_file, params_file, meta_file = checkpoint_files(os.fspath(path), params, epoch)
+        for f in (sym_file, params_file, meta_file):
+            if f is not None and not os.path.isfile(f):
+                raise FileNotFoundError(f"{f} does not exist; pass a directory ilit-mxnet saved (model-symbol.json, "
+                                        f"model-0000.params, {META_FILE}), a checkpoint prefix (PREFIX-symbol.json "
+                                        f"and PREFIX-{epoch:04d}.params) or the .json and .params paths")
+        meta: Dict[str, Any] = _read_meta(meta_file) if meta_file else {}
+        data_names = data_names or meta.get("data_names")
+        symbol = _read_symbol(sym_file)
+        arg, aux = _read_params(params_file, symbol)
+        try:
+            model = cls(symbol, arg, aux, data_names=data_names, meta=meta.get("meta"))
+        except ValueError as exc:
+            raise ModelFileError(os.fspath(path), f"its graph ({sym_file}), params ({params_file}) and metadata do "
+                                 f"not fit together: {exc}") from None
+        missing = [n for n in model.label_names if not n.endswith("label")] if meta_file else []
+        if missing:  # ilit saved every parameter: a free input that is neither data nor a label is a lost weight
+            raise ModelFileError(params_file, f"it lacks the parameters {missing[:5]} of the graph in {sym_file}")
+        return model
 
     @classmethod
     def from_module(cls, module: mx.mod.Module) -> "SymbolModel":
         """A bound Module with initialized params."""
+        if not (module.binded and module.params_initialized):
+            raise ValueError("the mx.mod.Module is not bound or its parameters are not initialized: call "
+                             "mod.bind(data_shapes=...) and mod.init_params() / mod.set_params(...) (or fit it) "
+                             "before tuning")
         arg, aux = module.get_params()
         return cls(module.symbol, arg, aux, data_names=list(module.data_names))
 
