@@ -1,7 +1,9 @@
-"""Issue 8 for MXNet: models of another framework refused up front, saved models that never run code."""
+"""Issue 8 for MXNet: models of another framework refused up front, saved models that never run code, the
+user's FP32 model left exactly as it was, and failing user code with the real adaptor."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from typing import Any, Dict
@@ -11,8 +13,9 @@ import pytest
 
 import ilit
 import mxnet as mx
-from conftest import make_adaptor
+from conftest import accuracy, first_config, make_adaptor, make_gluon_net
 from ilit_mxnet import MXNetAdaptor, ModelFileError, SymbolModel
+from mxnet import autograd
 
 
 def _conf(tmp_path, **tuning: Any) -> Dict[str, Any]:
@@ -240,3 +243,138 @@ def test_loading_a_good_saved_model_unpickles_nothing(saved_dir, module_model, e
     back = make_adaptor().load(str(saved_dir))
     x = evalset[0][0]
     np.testing.assert_array_equal(back(x).asnumpy(), SymbolModel.from_module(module_model)(x).asnumpy())
+
+
+# ---------------------------------------------------------------------------------------------- the FP32 model
+def _block_state(net: mx.gluon.Block) -> Dict[str, Any]:
+    """Every parameter's bytes, dtype, shape and grad_req, and each block's hybridization flags."""
+    state: Dict[str, Any] = {}
+    for name, p in net.collect_params().items():
+        arr = p.data().asnumpy()
+        state[name] = (arr.dtype.str, arr.shape, arr.tobytes(), p.grad_req)
+
+    def walk(block: mx.gluon.Block, path: str) -> None:
+        state[f"{path}:hybrid"] = (getattr(block, "_active", None), tuple(sorted(getattr(block, "_flags", {}))))
+        for key, child in block._children.items():
+            walk(child, f"{path}/{key}")
+
+    walk(net, "")
+    return state
+
+
+def _symbolic_state(symbol: mx.sym.Symbol, args: Dict[str, Any], auxs: Dict[str, Any]) -> Dict[str, Any]:
+    return {"symbol": symbol.tojson(),
+            "args": {k: (v.dtype, v.shape, v.asnumpy().tobytes()) for k, v in args.items()},
+            "auxs": {k: (v.dtype, v.shape, v.asnumpy().tobytes()) for k, v in auxs.items()}}
+
+
+@pytest.fixture
+def gluon_copy(gluon_net, calib):
+    """A not hybridized copy of the trained net, with a frozen layer (grad_req null) and one accumulating."""
+    net = make_gluon_net()
+    net.initialize()
+    net(mx.nd.array(calib[0][0]))  # finish the deferred initialization
+    for (_name, dst), src in zip(net.collect_params().items(), gluon_net.collect_params().values()):
+        dst.set_data(src.data())
+    net.collect_params()["digits_conv0_weight"].grad_req = "null"
+    net.collect_params()["digits_dense0_weight"].grad_req = "add"
+    return net
+
+
+def _eval_func(evalset):
+    ad = make_adaptor()
+    return lambda model: accuracy(ad, model, evalset)
+
+
+def _usage(how: str, evalset) -> Dict[str, Any]:
+    return {"eval_dataloader": evalset} if how == "dataloader" else {"eval_func": _eval_func(evalset)}
+
+
+@pytest.mark.parametrize("how", ["dataloader", "eval_func"])
+@pytest.mark.parametrize("which", ["hybridized", "not hybridized"])
+def test_tune_leaves_the_gluon_model_as_it_was(which, how, gluon_net, gluon_copy, calib, evalset, tmp_path):
+    net = gluon_net if which == "hybridized" else gluon_copy
+    before = _block_state(net)
+    assert before[":hybrid"][0] is (which == "hybridized")
+    # BatchNorm updates its running stats in train mode: tuning must not run the user's model that way
+    with autograd.train_mode():
+        best = ilit.Tuner(_conf(tmp_path)).tune(net, calib, **_usage(how, evalset))
+    assert best is not None
+    assert _block_state(net) == before
+
+
+@pytest.mark.parametrize("how", ["dataloader", "eval_func"])
+@pytest.mark.parametrize("form", ["Module", "SymbolModel", "tuple", "checkpoint"])
+def test_tune_leaves_the_symbolic_model_as_it_was(form, how, module_model, calib, evalset, tmp_path):
+    arg, aux = module_model.get_params()
+    module_before = _symbolic_state(module_model.symbol, arg, aux)
+    if form == "Module":
+        model, state = module_model, lambda: _symbolic_state(module_model.symbol, *module_model.get_params())
+    elif form == "checkpoint":
+        SymbolModel.from_module(module_model).save(str(tmp_path / "ckpt"))
+        files = [tmp_path / "ckpt-symbol.json", tmp_path / "ckpt-0000.params"]
+        model, state = str(tmp_path / "ckpt"), lambda: [f.read_bytes() for f in files]
+    else:
+        sm = SymbolModel(module_model.symbol, {k: v.copy() for k, v in arg.items()},
+                         {k: v.copy() for k, v in aux.items()})
+        model = sm if form == "SymbolModel" else (sm.symbol, sm.arg_params, sm.aux_params)
+        state = lambda: _symbolic_state(sm.symbol, sm.arg_params, sm.aux_params)  # noqa: E731
+    before = state()
+    with autograd.train_mode():
+        best = ilit.Tuner(_conf(tmp_path)).tune(model, calib, **_usage(how, evalset))
+    assert best is not None
+    assert state() == before
+    assert _symbolic_state(module_model.symbol, *module_model.get_params()) == module_before
+
+
+def test_models_run_in_inference_mode_inside_the_callers_train_mode(gluon_net, calib, evalset):
+    """Under train_mode BatchNorm would use batch statistics (a wrong baseline) and oneDNN's INT8 pooling fails."""
+    ad = make_adaptor()
+    _space, cfg = first_config(ad, gluon_net)
+    q = ad.quantize(cfg, gluon_net, calib)
+    x = evalset[0][0]
+    want_fp32, want_int8 = ad.infer(gluon_net, x).asnumpy(), q(x).asnumpy()
+    with autograd.train_mode():
+        np.testing.assert_array_equal(ad.infer(gluon_net, x).asnumpy(), want_fp32)
+        np.testing.assert_array_equal(ad.infer(q, x).asnumpy(), want_int8)
+        np.testing.assert_array_equal(q(x).asnumpy(), want_int8)
+
+
+# ---------------------------------------------------------------------------------------------- failing user code
+@pytest.mark.parametrize("failure", ["raises", "nan"])
+def test_an_eval_func_failing_on_one_trial_is_recorded_and_tuning_goes_on(failure, gluon_net, calib, evalset,
+                                                                        tmp_path):
+    ad = make_adaptor()
+    seen = []
+
+    def eval_func(model: Any) -> float:
+        if isinstance(model, SymbolModel) and model.meta.get("quantized"):
+            seen.append(model)
+            if len(seen) == 1:
+                if failure == "raises":
+                    raise RuntimeError("eval server went away on this trial")
+                return math.nan
+        return accuracy(ad, model, evalset)
+
+    tuner = ilit.Tuner(_conf(tmp_path))
+    best = tuner.tune(gluon_net, calib, eval_func=eval_func)
+    first, second = tuner.history.trials[:2]
+    expected = "RuntimeError: eval server went away on this trial" if failure == "raises" else "returned nan"
+    assert first.error is not None and expected in first.error and not first.meets
+    assert second.error is None and second.meets and tuner.best_trial is second
+    assert best is not None and len(seen) == 2
+
+
+def test_an_eval_func_failing_on_the_fp32_model_stops_tuning_with_its_error(gluon_net, calib, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(MXNetAdaptor, "quantize", lambda *a, **k: calls.append(a))
+    error = KeyError("labels")
+
+    def eval_func(model: Any) -> float:
+        raise error
+
+    tuner = ilit.Tuner(_conf(tmp_path))
+    with pytest.raises(KeyError) as err:
+        tuner.tune(gluon_net, calib, eval_func=eval_func)
+    assert err.value is error
+    assert calls == [] and tuner.history.trials == []

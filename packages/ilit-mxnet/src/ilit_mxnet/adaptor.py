@@ -314,8 +314,13 @@ class MXNetAdaptor(Adaptor):
         return self._source(model).fp32
 
     def infer(self, model: Any, inputs: Any) -> Any:
-        """One forward pass, waited on (MXNet runs asynchronously, and latency must include the work)."""
-        out = self._runner(model)(*as_nd_inputs(inputs))
+        """One forward pass in inference mode, waited on (MXNet runs asynchronously, and latency must include it).
+
+        Inference mode even inside the caller's ``autograd.train_mode()``/``record()``: in train mode BatchNorm
+        would normalize with batch statistics and Dropout drop units (a wrong baseline), and INT8 pooling fails.
+        """
+        with mx.autograd.predict_mode():
+            out = self._runner(model)(*as_nd_inputs(inputs))
         for o in out if isinstance(out, (list, tuple)) else [out]:
             o.wait_to_read()
         return out

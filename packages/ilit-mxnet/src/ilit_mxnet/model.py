@@ -278,7 +278,13 @@ class SymbolModel:
         return [mx.nd.zeros(s) for s in self._label_shapes[key]]
 
     def __call__(self, *inputs: Any) -> Union[mx.nd.NDArray, List[mx.nd.NDArray]]:
-        """Run one batch; returns an NDArray (a list for several outputs), asynchronously like Gluon does."""
+        """Run one batch; returns an NDArray (a list for several outputs), asynchronously like Gluon does.
+
+        It always runs in inference mode (a graph for inference; oneDNN's INT8 ops fail in train mode).
+        """
+        if mx.autograd.is_training():
+            with mx.autograd.predict_mode():
+                return self(*inputs)
         block = self._block if self._block is not None else self._get_block()
         if not self.label_names and len(inputs) == len(self.data_names) and \
                 all(type(x) is mx.nd.NDArray for x in inputs):
@@ -302,7 +308,8 @@ def block_params(block: mx.gluon.HybridBlock, example_inputs: Any = None) -> Dic
         if example_inputs is None:
             raise ValueError("the Gluon block has parameters whose shapes are not known yet (deferred "
                              "initialization): run it once on a batch before handing it to ilit") from None
-        block(*as_nd_inputs(example_inputs))
+        with mx.autograd.predict_mode():  # shapes only: BatchNorm must not update its running statistics
+            block(*as_nd_inputs(example_inputs))
         return {name: p.data() for name, p in params.items()}
     except RuntimeError as exc:
         raise ValueError(f"the Gluon block's parameters are not initialized ({exc}); call block.initialize() "
