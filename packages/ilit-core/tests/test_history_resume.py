@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 
 import pytest
 
@@ -70,16 +69,6 @@ def test_resume_refuses_another_config_or_model(toy, easy_toy, conf, tmp_path):
     other_model, other_data = easy_toy
     with pytest.raises(ilit.ResumeError, match="different model"):
         ilit.Tuner(conf()).tune(other_model, other_data, eval_dataloader=other_data, resume_file=first.history_path)
-
-
-def test_resume_file_is_json_never_pickle(toy, conf, tmp_path):
-    model, data = toy
-    evil = tmp_path / "history.pkl"
-    evil.write_bytes(pickle.dumps({"trials": []}))
-    with pytest.raises(ilit.ResumeError, match="not a valid history.json"):
-        ilit.Tuner(conf()).tune(model, data, eval_dataloader=data, resume_file=str(evil))
-    with pytest.raises(ilit.ResumeError, match="does not exist"):
-        ilit.Tuner(conf()).tune(model, data, eval_dataloader=data, resume_file=str(tmp_path / "none.json"))
 
 
 def test_history_round_trips(toy, conf):

@@ -45,7 +45,8 @@ class ToyAdaptor(Adaptor):
                 "activation": {"dtype": ["uint8", "int8", "fp32"], "scheme": ["asym", "sym"],
                                "granularity": ["per_tensor"], "algorithm": list(ALGOS)},
             }
-        return {"approaches": ["post_training_static_quant", "post_training_dynamic_quant"], "op_wise": caps}
+        return {"approaches": ["post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training"],
+                "op_wise": caps}
 
     def _calibrate(self, tune_cfg, model: ToyModel, dataloader) -> Dict[str, Tuple[float, float]]:
         key = calibration_key(tune_cfg)
@@ -68,6 +69,8 @@ class ToyAdaptor(Adaptor):
     def quantize(self, tune_cfg, model: ToyModel, dataloader, q_func=None) -> ToyModel:
         self.quantize_calls += 1
         q = copy.deepcopy(model)
+        if tune_cfg["approach"] == "quant_aware_training" and q_func is not None:
+            q_func(q)  # the user's training loop runs on the copy, as a framework's QAT would
         dynamic = tune_cfg["approach"] == "post_training_dynamic_quant"
         stats = {} if dynamic else self._calibrate(tune_cfg, model, dataloader)
         for layer in q.layers:
