@@ -63,6 +63,16 @@ class PyTorchAdaptor(Adaptor):
         # quantized model id -> (weakref, {add/cat op name: (unit prefix, op)}), for inspect_tensor
         self._functional: Dict[int, Tuple[Any, Dict[str, Tuple[str, Op]]]] = {}
 
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        """Whether ``model`` is one this adaptor tunes: a ``torch.nn.Module`` (a ``torch.fx.GraphModule`` too).
+
+        Not a TorchScript module (FX cannot trace one: pass the ``nn.Module`` it was scripted from), and
+        nothing else from torch (a tensor, an optimizer) or from another framework. It only asks
+        ``isinstance``, so it never imports another framework to decide.
+        """
+        return isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule)
+
     # ---------------------------------------------------------------- analysis
     def _approach(self) -> str:
         return self.config.quantization.approach
@@ -78,6 +88,11 @@ class PyTorchAdaptor(Adaptor):
         return result
 
     def query_fw_capability(self, model: nn.Module) -> Dict[str, Any]:
+        if not self.accepts(model):  # tune() checks this first; this is for direct calls
+            kind = f"{type(model).__module__}.{type(model).__qualname__}"
+            hint = (" (a TorchScript module: pass the nn.Module it was scripted from)"
+                    if isinstance(model, torch.jit.ScriptModule) else "")
+            raise TypeError(f"the pytorch adaptor takes a torch.nn.Module, not a {kind}{hint}")
         approach = self._approach()
         act = ACTIVATION_CAPABILITY[approach]
         ops: Dict[Tuple[str, str], Dict[str, Any]] = {}
