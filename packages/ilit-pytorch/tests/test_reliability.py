@@ -1,7 +1,9 @@
-"""Issue 8 for the pytorch adaptor: models it does not take."""
+"""Issue 8 for the pytorch adaptor: models it does not take, and untrusted saved models."""
 
 import os
+import pickle
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from conftest import make_adaptor
 
 import ilit
 from ilit_pytorch import PyTorchAdaptor
+from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE, ModelFileError
 
 FRAMEWORKS = ("mxnet", "tensorflow", "keras", "jax", "onnxruntime")
 
@@ -73,3 +76,105 @@ def test_accepts_every_module_form_the_adaptor_tunes(trained_cnn):
     assert not any(PyTorchAdaptor.accepts(m) for m in _foreign_models().values())
     with pytest.raises(TypeError, match="scripted from"):  # called directly, the adaptor says so too
         make_adaptor().query_fw_capability(_foreign_models()["torchscript"])
+
+
+# ------------------------------------------------------------------ 2. untrusted saved models
+class _Payload:
+    """Unpickled by a plain pickle loader, this runs ``exec``: it writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+class _ShellPayload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _torchscript_with(archive, payload, into):
+    """A real TorchScript archive whose data.pkl and constants.pkl are replaced by ``payload``."""
+    src = zipfile.ZipFile(archive)
+    with zipfile.ZipFile(into, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name.endswith("/data.pkl") or name.endswith("/constants.pkl"):
+                data = payload
+            dst.writestr(name, data)
+
+
+class _Unscriptable(nn.Module):
+    """A lambda attribute: TorchScript cannot compile it, and without an example it is saved as a state dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.fn = lambda t: t * 2
+
+    def forward(self, x):
+        return self.fn(self.fc(x))
+
+
+WHERE = ["meta-pickle", "model-pickle", "model-torch-save", "model-torchscript-archive", "state-pickle",
+         "state-torch-save"]
+
+
+@pytest.mark.parametrize("payload_cls", [_Payload, _ShellPayload])
+@pytest.mark.parametrize("where", WHERE)
+def test_load_refuses_a_crafted_pickle_in_each_file_without_running_it(where, payload_cls, tmp_path):
+    adaptor = make_adaptor()
+    torch.manual_seed(0)
+    fp32 = _Unscriptable().eval()
+    scripted_dir, state_dir = tmp_path / "scripted", tmp_path / "state"
+    adaptor.save(nn.Sequential(nn.Linear(4, 2)).eval(), str(scripted_dir))
+    adaptor.save(fp32, str(state_dir))
+    assert (scripted_dir / MODEL_FILE).exists() and (state_dir / STATE_FILE).exists()
+
+    # the payload is live: a plain unpickler runs it
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(payload_cls(probe), protocol=2))
+    assert probe.exists()
+
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(payload_cls(marker), protocol=2)
+    target = {"meta-pickle": scripted_dir / META_FILE, "model-pickle": scripted_dir / MODEL_FILE,
+              "model-torch-save": scripted_dir / MODEL_FILE,
+              "model-torchscript-archive": scripted_dir / MODEL_FILE,
+              "state-pickle": state_dir / STATE_FILE, "state-torch-save": state_dir / STATE_FILE}[where]
+    if where.endswith("torch-save"):
+        torch.save(payload_cls(marker), str(target))  # torch's zip container, a pickle of the payload inside
+    elif where == "model-torchscript-archive":
+        _torchscript_with(target, payload, str(target) + ".tmp")
+        os.replace(str(target) + ".tmp", target)
+    else:
+        target.write_bytes(payload)
+    with pytest.raises(ModelFileError) as info:
+        adaptor.load(str(target.parent), model=fp32)
+    assert str(target) in str(info.value) and "not" in str(info.value) and "nothing in it was run" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("meta", ["[]", "{}", '{"format": "pickle"}', '{"format": 1}', "not json", ""])
+def test_load_refuses_metadata_of_the_wrong_shape(meta, tmp_path):
+    adaptor = make_adaptor()
+    adaptor.save(nn.Sequential(nn.Linear(4, 2)).eval(), str(tmp_path / "m"))
+    (tmp_path / "m" / META_FILE).write_text(meta)
+    with pytest.raises(ModelFileError, match=META_FILE):
+        adaptor.load(str(tmp_path / "m"))
+
+
+def test_load_refuses_a_weights_only_file_that_is_not_a_state_dict(tmp_path):
+    adaptor = make_adaptor()
+    fp32 = _Unscriptable().eval()
+    adaptor.save(fp32, str(tmp_path / "m"))
+    torch.save([torch.zeros(2), 3], str(tmp_path / "m" / STATE_FILE))  # loads weights-only, but is a list
+    with pytest.raises(ModelFileError, match="not a dict"):
+        adaptor.load(str(tmp_path / "m"), model=fp32)
+    os.remove(tmp_path / "m" / STATE_FILE)
+    with pytest.raises(FileNotFoundError, match=STATE_FILE):
+        adaptor.load(str(tmp_path / "m"), model=fp32)
