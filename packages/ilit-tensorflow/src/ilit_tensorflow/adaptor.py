@@ -21,7 +21,7 @@ from . import flatbuffer as fb
 from ._deps import tf
 from .model import TFLiteModel
 from .ranges import ALGORITHMS, compute_range, subsample
-from .sources import KerasSource, Source, as_float_arrays, batch_inputs, is_saved_model_dir, make_source
+from .sources import TF_MODULES, KerasSource, Source, as_float_arrays, batch_inputs, make_source, model_kind
 
 __all__ = ["TensorFlowAdaptor", "QAT_MESSAGE", "run_converter"]
 
@@ -114,7 +114,7 @@ class TensorFlowAdaptor(Adaptor):
     """
 
     name = "tensorflow"
-    model_modules = ("keras", "tensorflow", "tf_keras", "ilit_tensorflow")
+    model_modules = TF_MODULES
 
     def __init__(self, config: Any, num_threads: Optional[int] = None) -> None:
         super().__init__(config)
@@ -130,7 +130,11 @@ class TensorFlowAdaptor(Adaptor):
     # ------------------------------------------------------------------ model handling
     @classmethod
     def accepts(cls, model: Any) -> bool:
-        return isinstance(model, TFLiteModel) or is_saved_model_dir(model) or super().accepts(model)
+        """Whether ``tune`` can take ``model``: a Keras 3 model, a SavedModel directory or a ``tf.function`` with
+        an ``input_signature``. Anything else is False (a torch or MXNet model without importing either, a
+        path that is not a SavedModel, an already converted :class:`TFLiteModel`), so ``Tuner.tune`` refuses
+        it before any calibration."""
+        return model_kind(model) is not None
 
     def _prepare(self, model: Any) -> _Prepared:
         if isinstance(model, TFLiteModel):

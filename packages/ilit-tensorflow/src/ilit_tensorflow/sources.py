@@ -12,9 +12,32 @@ import numpy as np
 from ._deps import tf
 
 
+#: top-level packages whose classes a Keras model or tf.function has in its MRO
+TF_MODULES = ("keras", "tensorflow")
+
+
 def is_saved_model_dir(model: Any) -> bool:
     """Whether ``model`` is a path to a SavedModel directory."""
     return isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), "saved_model.pb"))
+
+
+def model_kind(model: Any) -> Optional[str]:
+    """Which FP32 form ``model`` is: ``"saved_model"``, ``"keras"``, ``"function"``, or None for anything else.
+
+    A model whose classes all come from other packages (a torch module, an MXNet block, a numpy array)
+    is None before TensorFlow is imported, so telling frameworks apart never imports one.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        return "saved_model" if is_saved_model_dir(model) else None
+    roots = {str(getattr(c, "__module__", "") or "").split(".")[0] for c in type(model).__mro__}
+    if not roots & set(TF_MODULES):
+        return None
+    tfm = tf()
+    if isinstance(model, tfm.keras.Model):
+        return "keras"
+    if isinstance(model, tfm.types.experimental.PolymorphicFunction) and model.input_signature is not None:
+        return "function"
+    return None
 
 
 def batch_inputs(batch: Any) -> Any:
@@ -197,8 +220,8 @@ def make_source(model: Any, inputs: Optional[Sequence[str]] = None, outputs: Opt
     tfm = tf()
     if isinstance(model, tfm.keras.Model):
         return KerasSource(model)
-    if hasattr(model, "get_concrete_function") and hasattr(model, "input_signature"):
-        return FunctionSource(model)
+    if isinstance(model, tfm.types.experimental.PolymorphicFunction):
+        return FunctionSource(model)  # refuses one without an input_signature, saying how to add it
     if isinstance(model, (str, os.PathLike)):
         raise ValueError(f"{os.fspath(model)!r} is not a SavedModel directory (no saved_model.pb in it)")
     raise TypeError(f"the TensorFlow adaptor takes a Keras model, a SavedModel directory or a tf.function with "
