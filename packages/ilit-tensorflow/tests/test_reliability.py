@@ -1,9 +1,13 @@
-"""Issue 8 for the TensorFlow adaptor: models of another framework, through ``ilit.Tuner`` with the real adaptor."""
+"""Issue 8 for the TensorFlow adaptor: models of another framework and untrusted saved files, through
+``ilit.Tuner`` and the real adaptor."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import pickle
+import shlex
 import sys
 
 import numpy as np
@@ -12,7 +16,10 @@ import tensorflow as tf
 
 import ilit
 import ilit_tensorflow.adaptor as tf_adaptor
-from ilit_tensorflow import TensorFlowAdaptor, TFLiteModel
+from ilit_tensorflow import InvalidModelFileError, TensorFlowAdaptor, TFLiteModel
+from ilit_tensorflow import flatbuffer as fb
+
+from conftest import make_config
 
 
 def tuner_conf(tmp_path, **tuning):
@@ -111,3 +118,104 @@ def test_every_model_form_the_readme_lists_is_accepted(keras_model, saved_model_
         assert TensorFlowAdaptor.accepts(model), model
     # the SavedModel directory of a path that only names its parent is not one
     assert not TensorFlowAdaptor.accepts(os.path.dirname(saved_model_dir))
+
+
+# ---------------------------------------------------------------------- 2. untrusted saved models
+
+class _Payload:
+    """Unpickling this runs a shell command that creates ``marker``: the proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def malicious_pickle(marker) -> bytes:
+    return pickle.dumps(_Payload(str(marker)))
+
+
+def test_the_crafted_pickle_does_run_code_when_unpickled(tmp_path):
+    """The payload the tests below hand to load() is live: unpickling it creates its marker file."""
+    marker = tmp_path / "unpickled"
+    pickle.loads(malicious_pickle(marker))
+    assert marker.exists()
+
+
+@pytest.fixture(scope="module")
+def saved_fp32(keras_model, tmp_path_factory):
+    """A directory the adaptor's save wrote (the FP32 model's float conversion), with its file contents."""
+    path = tmp_path_factory.mktemp("saved") / "fp32"
+    TensorFlowAdaptor(make_config()).save(keras_model, str(path))
+    return (path / "model.tflite").read_bytes(), (path / "ilit_tensorflow.json").read_text()
+
+
+def _custom_op_model(content: bytes) -> bytes:
+    """The model with its first operator turned into a custom op (as a Flex or user op would be)."""
+    m = fb.read(content)
+    m.operatorCodes[m.subgraphs[0].operators[0].opcodeIndex].builtinCode = 32  # BuiltinOperator.CUSTOM
+    m.operatorCodes[m.subgraphs[0].operators[0].opcodeIndex].deprecatedBuiltinCode = 32
+    m.operatorCodes[m.subgraphs[0].operators[0].opcodeIndex].customCode = b"FlexWriteFile"
+    return fb.write(m)
+
+
+BAD_FILES = {
+    # case: (file that is replaced, how its content is made from the good model bytes / JSON text and the marker)
+    "pickle_as_model.tflite": ("model.tflite", lambda c, j, mk: malicious_pickle(mk)),
+    "pickle_as_json": ("ilit_tensorflow.json", lambda c, j, mk: malicious_pickle(mk)),
+    "pickle_as_bare_tflite_file": ("bare.tflite", lambda c, j, mk: malicious_pickle(mk)),
+    "empty_model": ("model.tflite", lambda c, j, mk: b""),
+    "garbage_model": ("model.tflite", lambda c, j, mk: np.random.default_rng(0).bytes(len(c))),
+    "identifier_then_garbage": ("model.tflite", lambda c, j, mk: c[:8] + np.random.default_rng(1).bytes(len(c) - 8)),
+    "truncated_to_half": ("model.tflite", lambda c, j, mk: c[: len(c) // 2]),
+    "truncated_to_16_bytes": ("model.tflite", lambda c, j, mk: c[:16]),
+    "truncated_by_one_byte": ("model.tflite", lambda c, j, mk: c[:-1]),
+    "custom_op": ("model.tflite", lambda c, j, mk: _custom_op_model(c)),
+    "json_not_utf8": ("ilit_tensorflow.json", lambda c, j, mk: b"\xff\xfe{}"),
+    "json_a_list": ("ilit_tensorflow.json", lambda c, j, mk: b"[1, 2]"),
+    "json_unknown_key": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "py/object": "os.system"}).encode()),
+    "json_op_index_not_ints": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "op_index": {"conv": "0"}}).encode()),
+    "json_op_index_out_of_range": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "op_index": {"conv": 10_000}}).encode()),
+    "json_tune_cfg_a_string": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "tune_cfg": "x"}).encode()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_load_refuses_files_ilit_did_not_save_and_runs_no_code(case, saved_fp32, tmp_path):
+    content, meta = saved_fp32
+    marker = tmp_path / "code_ran"
+    target, make = BAD_FILES[case]
+    model_dir = tmp_path / "best_model"
+    model_dir.mkdir()
+    (model_dir / "model.tflite").write_bytes(content)
+    (model_dir / "ilit_tensorflow.json").write_text(meta)
+    bad = model_dir / target
+    bad.write_bytes(make(content, meta, marker))
+    load_path = bad if target == "bare.tflite" else model_dir
+    with pytest.raises(InvalidModelFileError) as info:
+        TensorFlowAdaptor(make_config()).load(str(load_path))
+    assert str(bad) in str(info.value) and "is not a model ilit saved" in str(info.value)
+    assert info.value.file == str(bad)
+    assert not marker.exists()
+
+
+def test_load_still_reads_what_save_wrote(saved_fp32, keras_model, test_loader, tmp_path):
+    content, meta = saved_fp32
+    (tmp_path / "model.tflite").write_bytes(content)
+    (tmp_path / "ilit_tensorflow.json").write_text(meta)
+    loaded = TensorFlowAdaptor(make_config()).load(str(tmp_path))
+    assert loaded.op_index == json.loads(meta)["op_index"]
+    x = test_loader[0][0]
+    np.testing.assert_allclose(loaded(x), keras_model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_pickle_named_saved_model_pb_runs_no_code(tmp_path, calib_loader, test_loader):
+    """A directory passed to tune() as a SavedModel is parsed as a protobuf, never unpickled."""
+    marker = tmp_path / "code_ran"
+    model_dir = tmp_path / "untrusted_saved_model"
+    model_dir.mkdir()
+    (model_dir / "saved_model.pb").write_bytes(malicious_pickle(marker))
+    with pytest.raises(OSError, match="saved_model.pb"):
+        ilit.Tuner(tuner_conf(tmp_path)).tune(str(model_dir), calib_loader, eval_dataloader=test_loader)
+    assert not marker.exists()

@@ -4,7 +4,7 @@ Importing this package does not import TensorFlow; the adaptor imports it when f
 """
 
 from .adaptor import QAT_MESSAGE, TensorFlowAdaptor
-from .model import TFLiteModel
+from .model import InvalidModelFileError, TFLiteModel
 from .version import __version__
 
-__all__ = ["TensorFlowAdaptor", "TFLiteModel", "QAT_MESSAGE", "__version__"]
+__all__ = ["TensorFlowAdaptor", "TFLiteModel", "InvalidModelFileError", "QAT_MESSAGE", "__version__"]

@@ -47,6 +47,62 @@ def _dequantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     return ((value.astype(np.float32) - zps.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
 
 
+class InvalidModelFileError(ValueError):
+    """A file handed to :meth:`TFLiteModel.load` is not a model the TensorFlow adaptor saved."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        self.file = file
+        super().__init__(f"{file!r} is not a model ilit saved: {reason}. The TensorFlow adaptor loads the "
+                         f"directory its save() wrote ({MODEL_FILE} and {META_FILE}) or a .tflite file, and runs "
+                         "no code from either; save the model again with adaptor.save(model, path)")
+
+
+def _read_meta(file: str) -> Dict[str, Any]:
+    """The op names, tune_cfg and input names :meth:`TFLiteModel.save` wrote, checked to be JSON of that shape."""
+    with open(file, "rb") as f:
+        raw = f.read()
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidModelFileError(file, f"it is not JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise InvalidModelFileError(file, f"it holds a JSON {type(meta).__name__}, not an object")
+    unknown = sorted(set(meta) - {"op_index", "tune_cfg", "input_names"})
+    if unknown:
+        raise InvalidModelFileError(file, f"it has unknown keys {unknown}; expected op_index, tune_cfg, input_names")
+    op_index = meta.get("op_index")
+    if op_index is not None and not (isinstance(op_index, dict) and all(
+            isinstance(k, str) and type(v) is int for k, v in op_index.items())):
+        raise InvalidModelFileError(file, "its op_index must map op names to operator indices (integers)")
+    tune_cfg = meta.get("tune_cfg")
+    if tune_cfg is not None and not isinstance(tune_cfg, dict):
+        raise InvalidModelFileError(file, f"its tune_cfg must be an object or null, not {type(tune_cfg).__name__}")
+    names = meta.get("input_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise InvalidModelFileError(file, "its input_names must be a list of strings or null")
+    return meta
+
+
+def _checked_interpreter(file: str, model: "TFLiteModel") -> Any:
+    """The interpreter of a loaded flatbuffer, after checking it is a verified TFLite model of builtin ops only."""
+    content = model.content
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise InvalidModelFileError(file, f"it is not a TFLite flatbuffer (bytes 4-8 are {content[4:8]!r}, "
+                                    "not the b'TFL3' file identifier)")
+    try:  # LiteRT verifies the whole flatbuffer (offsets, sizes) before building anything from it
+        interp = interpreter_class()(model_content=content, num_threads=model.num_threads)
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidModelFileError(file, f"LiteRT refuses it: {exc}") from None
+    try:
+        ops = model.ops
+    except Exception as exc:  # noqa: BLE001 - a verified flatbuffer our parser still cannot read
+        raise InvalidModelFileError(file, f"its operators cannot be read ({type(exc).__name__}: {exc})") from None
+    custom = sorted({op.type for op in ops if op.type == "CUSTOM" or op.type.isdigit()})
+    if custom:
+        raise InvalidModelFileError(file, f"it has custom or unknown ops ({custom}), which ilit never writes")
+    return interp
+
+
 class TFLiteModel:
     """A TFLite model: the flatbuffer bytes, the ilit op names mapped to its operators, and a lazy interpreter.
 
@@ -161,20 +217,31 @@ class TFLiteModel:
 
     @classmethod
     def load(cls, path: str, num_threads: Optional[int] = None) -> "TFLiteModel":
-        """Read a directory written by :meth:`save`, or a bare ``.tflite`` file."""
-        file = path if os.path.isfile(path) else os.path.join(path, MODEL_FILE)
+        """Read a directory written by :meth:`save`, or a bare ``.tflite`` file.
+
+        A saved model may come from someone else, so nothing read here can run code: the flatbuffer is
+        checked by LiteRT's verifier (no Python object is unpickled from it) and must use only builtin ops,
+        as every model ilit writes does; the metadata is plain JSON of a fixed shape. Anything else is a
+        :class:`InvalidModelFileError` naming the file.
+        """
+        file = os.fspath(path)
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"no {MODEL_FILE} in {path!r}; expected a directory written by the "
+            file = os.path.join(file, MODEL_FILE)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no {MODEL_FILE} in {os.fspath(path)!r}; expected a directory written by the "
                                     "TensorFlow adaptor's save, or a .tflite file")
         with open(file, "rb") as f:
             content = f.read()
-        meta: Dict[str, Any] = {}
         meta_file = os.path.join(os.path.dirname(file), META_FILE)
-        if os.path.isfile(meta_file):
-            with open(meta_file, encoding="utf-8") as f:
-                meta = json.load(f)
-        return cls(content, op_index=meta.get("op_index"), tune_cfg=meta.get("tune_cfg"), num_threads=num_threads,
-                   input_names=meta.get("input_names"))
+        meta = _read_meta(meta_file) if os.path.isfile(meta_file) else {}
+        model = cls(content, op_index=meta.get("op_index"), tune_cfg=meta.get("tune_cfg"), num_threads=num_threads,
+                    input_names=meta.get("input_names"))
+        model._interp = _checked_interpreter(file, model)
+        bad = {n: i for n, i in model.op_index.items() if not 0 <= i < len(model.ops)}
+        if bad:
+            raise InvalidModelFileError(meta_file, f"its op_index points at ops {bad} that {MODEL_FILE} does not "
+                                        f"have (it has {len(model.ops)} ops)")
+        return model
 
     def __repr__(self) -> str:
         return f"TFLiteModel({self.size} bytes, {len(self.op_index)} named ops)"
