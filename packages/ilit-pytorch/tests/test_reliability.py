@@ -1,5 +1,8 @@
-"""Issue 8 for the pytorch adaptor: models it does not take, and untrusted saved models."""
+"""Issue 8 for the pytorch adaptor: models it does not take, untrusted saved models, and the user's model
+left exactly as it was by ``tune``."""
 
+import copy
+import json
 import os
 import pickle
 import sys
@@ -10,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_adaptor
+from conftest import accuracy, make_adaptor, train
 
 import ilit
 from ilit_pytorch import PyTorchAdaptor
@@ -178,3 +181,140 @@ def test_load_refuses_a_weights_only_file_that_is_not_a_state_dict(tmp_path):
     os.remove(tmp_path / "m" / STATE_FILE)
     with pytest.raises(FileNotFoundError, match=STATE_FILE):
         adaptor.load(str(tmp_path / "m"), model=fp32)
+
+
+# ------------------------------------------------------------------ 3. the user's model is never changed
+class BnDropNet(nn.Module):
+    """Conv-bn-relu, dropout, then two linears: training-mode evaluation would update the batch-norm
+    running statistics and drop activations. ``head`` is frozen (``requires_grad`` False)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8 * 64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.drop(torch.flatten(self.relu(self.bn(self.conv(x))), 1))
+        return self.head(self.relu(self.fc(x)))
+
+
+@pytest.fixture(scope="module")
+def bn_drop_net(digits):
+    torch.manual_seed(0)
+    net = train(BnDropNet(), digits[0][:8], epochs=2)
+    net.head.requires_grad_(False)
+    return net
+
+
+def _bits(t):
+    """A tensor's raw bytes (floats) or values: equal means bit for bit, -0.0 and NaN payloads included."""
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8) if t.is_floating_point() else t
+
+
+def snapshot(model):
+    """Everything ``tune`` must give back as it was: tensors bit for bit, grads, flags, modes, the objects."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grad": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "ids": [id(t) for t in model.state_dict(keep_vars=True).values()],
+    }
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    for key in ("state", "grad"):
+        assert after[key].keys() == before[key].keys(), key
+        for name, v in before[key].items():
+            w = after[key][name]
+            assert (v is None) == (w is None), name
+            if v is not None:
+                assert v.dtype == w.dtype and v.shape == w.shape and torch.equal(_bits(v), _bits(w)), name
+    for key in ("requires_grad", "training", "ids"):
+        assert after[key] == before[key], key
+
+
+def _set_mode(model, mode):
+    if mode == "train":
+        model.train()
+    elif mode == "graph-module-train":  # FX's own module form, also taken as a model
+        model = torch.fx.symbolic_trace(model).train()
+    elif mode == "mixed":  # training, but with the batch-norm frozen in eval mode
+        model.train()
+        model.bn.eval()
+    else:
+        model.eval()
+    return model
+
+
+@pytest.mark.parametrize("usage", ["eval_dataloader", "eval_func"])
+@pytest.mark.parametrize("mode", ["eval", "train", "mixed", "graph-module-train"])
+def test_tune_leaves_the_fp32_model_exactly_as_it_was(mode, usage, bn_drop_net, digits, tmp_path):
+    model = _set_mode(copy.deepcopy(bn_drop_net), mode)
+    before = snapshot(model)
+    expected = accuracy(copy.deepcopy(model).eval(), digits[1])
+    seen = []
+
+    def eval_func(m):
+        # a well-behaved user function: evaluates in eval mode and gives the model back in its own mode
+        seen.append((m, {k: s.training for k, s in m.named_modules()}))
+        modes = {s: s.training for s in m.modules()}
+        m.eval()
+        try:
+            return accuracy(m, digits[1])
+        finally:
+            for s, t in modes.items():
+                s.training = t
+
+    if usage == "eval_func":
+        tuner = ilit.Tuner(_conf(tmp_path, max_trials=2))
+        q = tuner.tune(model, q_dataloader=digits[0], eval_func=eval_func)
+        assert seen[0][0] is model and seen[0][1] == before["training"]  # the user's model, as given
+    else:
+        tuner = ilit.Tuner(_conf(tmp_path, max_trials=2, metric={"topk": 1}))
+        q = tuner.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1])
+        assert tuner.baseline_accuracy == pytest.approx(expected)  # evaluated in eval mode, whatever its mode
+    assert q is not None and not q.training and tuner.best_trial.meets
+    assert tuner.history.baseline_objective > 0  # the performance objective ran the fp32 model too
+    assert_unchanged(model, before)
+
+
+def test_infer_runs_a_training_model_in_eval_mode_and_restores_each_submodule(bn_drop_net, digits, caplog):
+    model = _set_mode(copy.deepcopy(bn_drop_net), "mixed")
+    before = snapshot(model)
+    adaptor = make_adaptor()
+    x = digits[1][0][0]
+    with torch.no_grad():
+        ref = copy.deepcopy(model).eval()(x)
+    modes_inside = []
+    model.drop.register_forward_pre_hook(lambda m, a: modes_inside.append(m.training))
+    out1, out2 = adaptor.infer(model, x), adaptor.infer(model, x)
+    assert torch.equal(out1, ref) and torch.equal(out2, ref)  # no dropout, running statistics used
+    assert modes_inside == [False, False]
+    assert_unchanged(model, before)
+    assert sum("training mode" in r.getMessage() for r in caplog.records) == 1  # said once
+
+
+def test_saving_by_trace_leaves_a_training_model_unchanged(digits, tmp_path):
+    class Traced(BnDropNet):  # a lambda attribute: not scriptable, so save traces it on the last batch seen
+        def __init__(self):
+            super().__init__()
+            self.scale = lambda t: t * 1.0
+
+        def forward(self, x):
+            return self.scale(super().forward(x))
+
+    torch.manual_seed(0)
+    model = Traced().train()
+    before = snapshot(model)
+    adaptor = make_adaptor()
+    adaptor.infer(model, digits[1][0][0])  # the example batch save traces on
+    adaptor.save(model, str(tmp_path / "m"))
+    assert json.loads((tmp_path / "m" / META_FILE).read_text())["format"] == "torchscript-trace"
+    assert_unchanged(model, before)

@@ -24,6 +24,7 @@ from .calibration import (Tap, batch_inputs, call_model, collect_stats, load_sta
                           stat_kinds, tapped_model)
 from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_off_fast_path,  # noqa: E402
                     qconfig_entries, set_submodule)
+from .modes import eval_mode, training_modules  # noqa: E402
 from .serialize import load_model, save_model  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
@@ -60,6 +61,7 @@ class PyTorchAdaptor(Adaptor):
         self._example: Any = None
         self._warned_train = False
         self._shadow: Tuple[Any, Any] = (None, None)  # (weakref to an int8 model, the copy infer runs)
+        self._modules: Tuple[Any, List[nn.Module]] = (None, [])  # (the last fp32 model infer ran, its modules)
         # quantized model id -> (weakref, {add/cat op name: (unit prefix, op)}), for inspect_tensor
         self._functional: Dict[int, Tuple[Any, Dict[str, Tuple[str, Op]]]] = {}
 
@@ -216,13 +218,28 @@ class PyTorchAdaptor(Adaptor):
 
     # ---------------------------------------------------------------- running
     def infer(self, model: Any, inputs: Any) -> Any:
-        if not self._warned_train and isinstance(model, nn.Module) and model.training:
-            self._warned_train = True
-            log.warning("pytorch adaptor: the model is in training mode (dropout/batch-norm updates); "
-                        "call model.eval() before tuning for a meaningful baseline")
+        """One forward pass without autograd, in eval mode; ``model`` is left exactly as it was.
+
+        A model (or submodule) in training mode runs in eval mode here and gets its mode back after:
+        in training mode every batch would update the batch-norm running statistics of the user's model
+        and drop activations at random, and the baseline would not compare with the int8 models.
+        """
+        runner = self._runner(model)  # an int8 model of this adaptor: its copy, in eval mode like the model
         self._example = inputs
+        if runner is model and isinstance(model, nn.Module):
+            known, modules = self._modules
+            if known is not model:  # walked once per model, not per batch: infer is what latency measures
+                modules = list(model.modules())
+                self._modules = (model, modules)
+            if not self._warned_train and training_modules(model, modules):
+                self._warned_train = True
+                log.warning("pytorch adaptor: the model is in training mode; ilit evaluates it in eval mode "
+                            "(no dropout, batch-norm running statistics used and not updated) and leaves its "
+                            "mode as it was. An eval_func gets it as you gave it: call model.eval() before tuning")
+            with eval_mode(model, modules), torch.inference_mode():
+                return call_model(model, inputs)
         with torch.inference_mode():
-            return call_model(self._runner(model), inputs)
+            return call_model(runner, inputs)
 
     def _runner(self, model: Any) -> Any:
         """The model to run for ``model``: for an int8 model of this adaptor, a copy of it.

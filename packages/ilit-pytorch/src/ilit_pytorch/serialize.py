@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from .modes import eval_mode
 from .version import __version__
 
 __all__ = ["save_model", "load_model", "ModelFileError", "MODEL_FILE", "STATE_FILE", "META_FILE", "FORMATS"]
@@ -52,7 +53,9 @@ def _script(model: Any, example: Optional[Any]) -> "tuple[Optional[torch.jit.Scr
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if example is not None:
             try:
-                traced = torch.jit.trace(model, _as_args(example), check_trace=False, strict=False)
+                # tracing runs the model: in eval mode and without autograd, so it updates nothing in it
+                with eval_mode(model), torch.no_grad():
+                    traced = torch.jit.trace(model, _as_args(example), check_trace=False, strict=False)
                 log.info("pytorch adaptor: %s does not compile with TorchScript (%s); saved a trace on an example "
                          "batch instead: Python control flow is fixed to that batch's path", type(model).__name__, reason[:160])
                 return traced, "torchscript-trace"
