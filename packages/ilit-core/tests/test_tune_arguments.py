@@ -50,6 +50,8 @@ def test_a_model_of_another_framework_is_refused_before_calibration(toy, conf, s
     assert msg.startswith("framework.name: is 'toy', but the model given to tune() is a ")
     assert type(foreign).__qualname__ in msg and "installed adaptors: toy" in msg
     assert spy == [] and loader.iterations <= 1  # the first batch is only looked at, never calibrated on
+    if isinstance(foreign, str):  # the adaptor's own reason is part of the message
+        assert "('model.pt' is a path; load a saved toy model with ToyAdaptor.load first)" in msg
 
 
 def test_undetectable_framework_without_framework_name(conf, toy):

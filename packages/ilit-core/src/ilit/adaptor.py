@@ -123,6 +123,12 @@ class Adaptor(ABC):
         mods = {c.__module__.split(".")[0] for c in type(model).__mro__}
         return bool(mods & set(cls.model_modules))
 
+    @classmethod
+    def reject_reason(cls, model: Any) -> Optional[str]:
+        """Why :meth:`accepts` refuses ``model``, when the adaptor can say more than its type (e.g. which file
+        a checkpoint path lacks); ``None`` if it has nothing to add. Shown in the error ``tune`` raises."""
+        return None
+
     def describe_capability(self, capability: Mapping[str, Any]) -> str:
         """A one-line summary for logs."""
         return f"{len(capability.get('op_wise', {}))} quantizable ops"

@@ -180,8 +180,10 @@ class Tuner:
         adaptor_cls = self._adaptor_class(model)
         if cfg.framework.name and not adaptor_cls.accepts(model):
             kind = f"{type(model).__module__}.{type(model).__qualname__}"
+            reason = adaptor_cls.reject_reason(model)
             raise ConfigError("framework.name", f"is {cfg.framework.name!r}, but the model given to tune() is a {kind}, "
-                              f"which the {cfg.framework.name} adaptor does not take; pass a "
+                              f"which the {cfg.framework.name} adaptor does not take"
+                              f"{f' ({reason})' if reason else ''}; pass a "
                               f"{cfg.framework.name} model, or set framework.name to the model's framework "
                               f"(installed adaptors: {', '.join(registry.installed('adaptor'))})")
         adaptor: Adaptor = adaptor_cls(cfg)

@@ -99,6 +99,14 @@ class MXNetAdaptor(Adaptor):
             return is_checkpoint(model)
         return _is_symbol_tuple(model)
 
+    @classmethod
+    def reject_reason(cls, model: Any) -> Optional[str]:
+        """For a path: which checkpoint files it should name, since its type alone explains nothing."""
+        if isinstance(model, (str, os.PathLike)):
+            return (f"{os.fspath(model)!r} names no MXNet checkpoint: expected PREFIX-symbol.json and "
+                    "PREFIX-0000.params, or a directory ilit_mxnet saved")
+        return None
+
     def _source(self, model: Any) -> _Source:
         src = self._sources.get(id(model))
         if src is not None and src.model is model:

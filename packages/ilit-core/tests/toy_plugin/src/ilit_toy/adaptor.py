@@ -36,6 +36,12 @@ class ToyAdaptor(Adaptor):
         self.quantize_calls = 0
         self._stats: Dict[Any, Dict[str, Tuple[float, float]]] = {}
 
+    @classmethod
+    def reject_reason(cls, model):
+        if isinstance(model, str):
+            return f"{model!r} is a path; load a saved toy model with ToyAdaptor.load first"
+        return None
+
     def query_fw_capability(self, model: ToyModel) -> Dict[str, Any]:
         caps = {}
         for layer in model.layers:
