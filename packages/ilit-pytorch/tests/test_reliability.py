@@ -1,5 +1,5 @@
-"""Issue 8 for the pytorch adaptor: models it does not take, untrusted saved models, and the user's model
-left exactly as it was by ``tune``."""
+"""Issue 8 for the pytorch adaptor: models it does not take, untrusted saved models, the user's model
+left exactly as it was by ``tune``, and failing user code (eval_func, q_func) with the real adaptor."""
 
 import copy
 import json
@@ -318,3 +318,60 @@ def test_saving_by_trace_leaves_a_training_model_unchanged(digits, tmp_path):
     adaptor.save(model, str(tmp_path / "m"))
     assert json.loads((tmp_path / "m" / META_FILE).read_text())["format"] == "torchscript-trace"
     assert_unchanged(model, before)
+
+
+# ------------------------------------------------------------------ 4. failing user code, real adaptor
+@pytest.mark.parametrize("failure", ["raise", "nan", "string"])
+def test_an_eval_func_failing_on_one_trial_is_recorded_and_tuning_goes_on(failure, trained_cnn, digits, tmp_path):
+    calls = []
+
+    def eval_func(model):
+        calls.append(model)
+        if len(calls) == 2:  # the first quantized trial (call 1 is the fp32 baseline)
+            if failure == "raise":
+                raise RuntimeError("eval broke on trial 1")
+            return float("nan") if failure == "nan" else "not a number"
+        return accuracy(model, digits[1])
+
+    tuner = ilit.Tuner(_conf(tmp_path))
+    q = tuner.tune(trained_cnn, q_dataloader=digits[0], eval_func=eval_func)
+    first, second = tuner.history.trials
+    expected = {"raise": "RuntimeError: eval broke on trial 1", "nan": "nan", "string": "'not a number'"}[failure]
+    assert first.error is not None and expected in first.error and not first.meets
+    assert second.error is None and second.meets and tuner.best_trial is second
+    assert q is not None and calls[0] is trained_cnn
+    saved = json.loads((tmp_path / "ws" / "history.json").read_text())
+    assert expected in json.dumps(saved)  # the message is in the history file too
+
+
+def test_a_q_func_failing_on_one_qat_trial_is_recorded_and_tuning_goes_on(trained_cnn, digits, tmp_path):
+    before = snapshot(trained_cnn)
+    calls = []
+
+    def q_func(model):
+        calls.append(model)
+        if len(calls) == 1:
+            raise FloatingPointError("loss diverged")
+        train(model, digits[0][:3], epochs=1, lr=1e-4)
+
+    tuner = ilit.Tuner(_conf(tmp_path, approach="quant_aware_training", metric={"topk": 1}))
+    q = tuner.tune(trained_cnn, q_dataloader=digits[0], q_func=q_func, eval_dataloader=digits[1])
+    first, second = tuner.history.trials
+    assert first.error == "FloatingPointError: loss diverged" and not first.meets
+    assert second.error is None and second.meets and q is not None
+    assert len(calls) == 2 and all(m is not trained_cnn for m in calls)  # q_func trains copies
+    assert_unchanged(trained_cnn, before)
+
+
+def test_an_eval_func_failing_on_the_fp32_model_stops_tune_with_that_error(trained_cnn, digits, tmp_path):
+    error = KeyError("labels")
+
+    def eval_func(model):
+        raise error
+
+    tuner = ilit.Tuner(_conf(tmp_path))
+    with pytest.raises(KeyError) as info:
+        tuner.tune(trained_cnn, q_dataloader=digits[0], eval_func=eval_func)
+    assert info.value is error
+    assert tuner.adaptor.quantize_calls == 0 and tuner.adaptor.calibration_batches == 0
+    assert tuner.history.trials == []
