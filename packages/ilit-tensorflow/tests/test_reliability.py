@@ -1,5 +1,5 @@
-"""Issue 8 for the TensorFlow adaptor: models of another framework and untrusted saved files, through
-``ilit.Tuner`` and the real adaptor."""
+"""Issue 8 for the TensorFlow adaptor: models of another framework, untrusted saved files and the user's model
+left as it was, through ``ilit.Tuner`` and the real adaptor."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def tuner_conf(tmp_path, **tuning):
     return {"framework": {"name": "tensorflow"}, "calibration": {"iterations": [4]},
             "tuning": {"metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.05}, "max_trials": 5,
                        "workspace": {"path": str(tmp_path / "ws")}, **tuning}}
+
+
+def top1(model, loader) -> float:
+    """What a user's eval_func does: run the model (Keras in inference mode, or the TFLite model) and count hits."""
+    hits = total = 0
+    for x, y in loader:
+        out = model(x, training=False) if isinstance(model, tf.keras.Model) else model(x)
+        hits += int((np.asarray(out).argmax(1) == y).sum())
+        total += len(y)
+    return hits / total
 
 
 @pytest.fixture
@@ -219,3 +229,91 @@ def test_a_pickle_named_saved_model_pb_runs_no_code(tmp_path, calib_loader, test
     with pytest.raises(OSError, match="saved_model.pb"):
         ilit.Tuner(tuner_conf(tmp_path)).tune(str(model_dir), calib_loader, eval_dataloader=test_loader)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------- 3. the user's model is left as it was
+
+@pytest.fixture
+def bn_dropout_model(digits):
+    """A compiled, briefly trained digits net with BatchNormalization, Dropout and one frozen layer; a fresh one
+    per test, so no test sees a change an earlier one left."""
+    keras = tf.keras
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.3, name="drop")(x)
+    x = keras.layers.Dense(32, activation="relu", name="fc")(x)
+    out = keras.layers.Dense(10, name="logits")(x)
+    model = keras.Model(inp, out, name="bn_dropout")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    (xt, yt), _cal, _test = digits
+    model.fit(xt, yt, epochs=2, batch_size=32, verbose=0)
+    model.get_layer("fc").trainable = False  # a flag the user set, which must survive tuning
+    return model
+
+
+def model_state(model) -> dict:
+    """Everything the user's Keras model carries: every variable bit for bit, flags, config, compile state."""
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    return {
+        "variables": [(v.path, v.trainable, str(v.dtype), tuple(v.shape), v.numpy().tobytes())
+                      for v in model.variables],
+        "layers": [(layer.name, layer.trainable, sorted(vars(layer))) for layer in layers],
+        "config": model.to_json(),
+        "compiled": (model.compiled, id(model.loss), id(model.optimizer)),
+        "optimizer": [(v.path, v.numpy().tobytes()) for v in model.optimizer.variables],
+    }
+
+
+@pytest.mark.parametrize("usage", ["eval_dataloader", "eval_func"])
+def test_tuning_leaves_the_keras_model_as_it_was(usage, bn_dropout_model, calib_loader, test_loader, tmp_path,
+                                                monkeypatch):
+    model = bn_dropout_model
+    keras = tf.keras
+    calls = []
+    for name in ("compile", "fit", "train_on_batch", "evaluate", "predict"):
+        real = getattr(keras.Model, name)
+        monkeypatch.setattr(keras.Model, name, lambda self, *a, _n=name, _r=real, **k: calls.append(_n) or _r(self, *a, **k))
+    before = model_state(model)
+    paths = [p for p, *_ in before["variables"]]
+    assert "bn/moving_mean" in paths and "bn/moving_variance" in paths and any("seed_generator" in p for p in paths)
+    moving_var = model.get_layer("bn").moving_variance.numpy()
+    assert not np.allclose(moving_var, 1.0)  # trained: a run in training mode would move these
+    assert before["optimizer"] and model.optimizer.iterations.numpy() > 0
+
+    tuner = ilit.Tuner(tuner_conf(tmp_path, strategy="basic", max_trials=2))
+    if usage == "eval_dataloader":
+        q = tuner.tune(model, calib_loader, eval_dataloader=test_loader)
+    else:
+        q = tuner.tune(model, calib_loader, eval_func=lambda m: top1(m, test_loader))
+    assert isinstance(q, TFLiteModel) and tuner.adaptor.float_conversions == 1
+    assert calls == []
+    after = model_state(model)
+    assert after["layers"] == before["layers"]
+    assert after["variables"] == before["variables"]
+    assert after["optimizer"] == before["optimizer"]
+    assert after == before
+
+
+def _dir_contents(path) -> dict:
+    return {os.path.relpath(os.path.join(root, f), path): pathlib.Path(root, f).read_bytes()
+            for root, _dirs, files in os.walk(path) for f in files}
+
+
+def test_quantizing_a_saved_model_or_tf_function_changes_neither(saved_model_dir, tf_function, keras_model,
+                                                                 calib_loader, tmp_path):
+    """The SavedModel directory's files and the variables a tf.function captures are what they were."""
+    files = _dir_contents(saved_model_dir)
+    captured = [(v.name, v.numpy().tobytes()) for v in tf_function.get_concrete_function().variables]
+    assert captured
+    for model in (saved_model_dir, tf_function):
+        conf = ilit.load_config(tuner_conf(tmp_path))
+        adaptor = TensorFlowAdaptor(conf)
+        space = ilit.TuningSpace.build(adaptor.query_fw_capability(model), conf)
+        assert isinstance(adaptor.quantize(space.model_wise_configs()[0], model, calib_loader), TFLiteModel)
+    assert _dir_contents(saved_model_dir) == files
+    assert [(v.name, v.numpy().tobytes()) for v in tf_function.get_concrete_function().variables] == captured

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import itertools
@@ -145,7 +146,7 @@ class TensorFlowAdaptor(Adaptor):
         if prep is None:
             fw = self.config.framework
             source = make_source(model, fw.inputs, fw.outputs)
-            content = run_converter(source.converter())
+            content = run_converter(source.converter(), source)
             self.float_conversions += 1
             ops = fb.op_list(content)
             layers = keras_layer_names(source.model) if isinstance(source, KerasSource) else None
@@ -243,7 +244,7 @@ class TensorFlowAdaptor(Adaptor):
             conv.representative_dataset = self._representative(dataloader, iterations, prep.source.input_names())
             conv.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS_INT8]
             conv._experimental_calibrate_only = True  # the step QuantizationDebugger uses; quantized below
-            self._calibrated[key] = run_converter(conv)
+            self._calibrated[key] = run_converter(conv, prep.source)
         return self._calibrated[key]
 
     def _activation_samples(self, calibrated: bytes, dataloader: Iterable[Any], iterations: int,
@@ -298,7 +299,7 @@ class TensorFlowAdaptor(Adaptor):
             conv.optimizations = [tf().lite.Optimize.DEFAULT]
             conv._experimental_disable_per_channel = disable_pc
             conv._experimental_disable_per_channel_quantization_for_dense_layers = disable_dense_pc
-            self._dynamic[key] = run_converter(conv)
+            self._dynamic[key] = run_converter(conv, prep.source)
         return self._dynamic[key]
 
     # ------------------------------------------------------------------ running and files
@@ -348,11 +349,14 @@ class TensorFlowAdaptor(Adaptor):
 # ---------------------------------------------------------------------- helpers
 
 
-def run_converter(converter: Any) -> bytes:
-    """Run a TFLite converter with its chatter (the SavedModel dump, calibration notes) kept off the terminal."""
+def run_converter(converter: Any, source: Optional[Source] = None) -> bytes:
+    """Run a TFLite converter with its chatter (the SavedModel dump, calibration notes) kept off the terminal.
+
+    With the ``source`` it converts, whatever the conversion leaves on the user's model is undone.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with _quiet_stdout():
+        with _quiet_stdout(), (source.unchanged() if source is not None else contextlib.nullcontext()):
             return bytes(converter.convert())
 
 

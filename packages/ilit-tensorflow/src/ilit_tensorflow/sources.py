@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -78,6 +79,11 @@ class Source:
         """A content hash, or None to hash the float TFLite model instead."""
         return None
 
+    @contextlib.contextmanager
+    def unchanged(self) -> Iterator[None]:
+        """Run a conversion so that the user's model is left as it was; nothing to undo by default."""
+        yield
+
 
 class KerasSource(Source):
     """A Keras 3 model (``tf.keras``); inference runs it inside a ``tf.function``."""
@@ -101,6 +107,33 @@ class KerasSource(Source):
             self._fn = tf().function(lambda x: model(x, training=False), reduce_retracing=True)
         x = inputs if isinstance(inputs, (dict, list, tuple)) else np.asarray(inputs, dtype=np.float32)
         return self._fn(x)
+
+    def _layers(self) -> List[Any]:
+        """The model and every layer in it, nested ones included."""
+        flatten = getattr(self.model, "_flatten_layers", None)
+        if flatten is not None:
+            return list(flatten(include_self=True, recursive=True))
+        out, stack = [], [self.model]
+        while stack:
+            layer = stack.pop()
+            out.append(layer)
+            stack.extend(getattr(layer, "layers", []) or [])
+        return out
+
+    @contextlib.contextmanager
+    def unchanged(self) -> Iterator[None]:
+        """Undo what a conversion leaves on the model: Keras's SavedModel export (which ``from_keras_model``
+        runs) sets ``train_function``/``test_function``/``predict_function = None`` on every layer that lacked
+        them; attributes a conversion adds as None are removed again, so tuning leaves the model as given."""
+        layers = self._layers()
+        before = [set(vars(layer)) for layer in layers]
+        try:
+            yield
+        finally:
+            for layer, keys in zip(layers, before):
+                for key in set(vars(layer)) - keys:
+                    if vars(layer)[key] is None:
+                        delattr(layer, key)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.model.to_json().encode())
