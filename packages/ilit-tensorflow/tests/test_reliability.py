@@ -1,5 +1,5 @@
-"""Issue 8 for the TensorFlow adaptor: models of another framework, untrusted saved files and the user's model
-left as it was, through ``ilit.Tuner`` and the real adaptor."""
+"""Issue 8 for the TensorFlow adaptor: models of another framework, untrusted saved files, the user's model left
+as it was, and failing user code, all through ``ilit.Tuner`` with the real adaptor."""
 
 from __future__ import annotations
 
@@ -317,3 +317,46 @@ def test_quantizing_a_saved_model_or_tf_function_changes_neither(saved_model_dir
         assert isinstance(adaptor.quantize(space.model_wise_configs()[0], model, calib_loader), TFLiteModel)
     assert _dir_contents(saved_model_dir) == files
     assert [(v.name, v.numpy().tobytes()) for v in tf_function.get_concrete_function().variables] == captured
+
+
+# ---------------------------------------------------------------------- 4. failing user code
+
+def test_a_failing_trial_is_recorded_and_tuning_goes_on(keras_model, calib_loader, test_loader, tmp_path):
+    seen = []
+
+    def eval_func(model):
+        if not isinstance(model, TFLiteModel):
+            return top1(model, test_loader)          # the FP32 baseline
+        seen.append(model)
+        if len(seen) == 1:
+            raise RuntimeError("the eval server dropped the connection")
+        if len(seen) == 2:
+            return float("nan")
+        return top1(model, test_loader)
+
+    tuner = ilit.Tuner(tuner_conf(tmp_path, strategy="basic"))
+    q = tuner.tune(keras_model, calib_loader, eval_func=eval_func)
+    trials = tuner.history.trials
+    assert len(trials) == 3 and len(seen) == 3
+    assert trials[0].error == "RuntimeError: the eval server dropped the connection" and not trials[0].meets
+    assert "nan" in trials[1].error and not trials[1].meets
+    assert trials[2].error is None and trials[2].meets
+    assert q is seen[2] and tuner.best_trial.trial == 3
+    on_disk = json.loads((tmp_path / "ws" / "history.json").read_text())
+    assert [t["error"] for t in on_disk["trials"]] == [t.error for t in trials]
+
+
+def test_a_failing_fp32_baseline_stops_tuning_with_that_error(keras_model, calib_loader, test_loader, tmp_path,
+                                                             adaptor_calls):
+    error = KeyError("labels.csv")
+
+    def eval_func(model):
+        raise error
+
+    tuner = ilit.Tuner(tuner_conf(tmp_path))
+    with pytest.raises(KeyError) as info:
+        tuner.tune(keras_model, calib_loader, eval_func=eval_func)
+    assert info.value is error
+    assert "quantize" not in adaptor_calls and tuner.adaptor.calibration_batches == 0
+    assert tuner.history.trials == []
+
