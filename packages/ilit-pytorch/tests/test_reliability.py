@@ -67,6 +67,8 @@ def test_tune_refuses_a_model_the_pytorch_adaptor_does_not_take_before_any_calib
     message = str(info.value)
     assert info.value.path == "framework.name" and message.startswith("framework.name:")
     assert type(model).__qualname__ in message and type(model).__module__ in message
+    hint = {"torchscript": "scripted from", "torch-tensor": "not a model", "model-class": "an instance"}.get(kind)
+    assert hint is None or hint in message  # the adaptor's reject_reason says what to pass instead
     assert calls == [] and tuner.adaptor is None  # refused before the adaptor existed: nothing calibrated
     assert {m for m in FRAMEWORKS if m in sys.modules} == imported  # and no other framework was imported
     assert not os.path.exists(tmp_path / "ws" / "history.json")

@@ -75,6 +75,17 @@ class PyTorchAdaptor(Adaptor):
         """
         return isinstance(model, nn.Module) and not isinstance(model, torch.jit.ScriptModule)
 
+    @classmethod
+    def reject_reason(cls, model: Any) -> Optional[str]:
+        """What to pass instead, for the torch objects :meth:`accepts` refuses (shown in tune's error)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            return "a TorchScript module, which FX cannot trace: pass the nn.Module it was scripted from"
+        if isinstance(model, torch.Tensor):
+            return "a tensor, not a model: pass the torch.nn.Module"
+        if isinstance(model, type) and issubclass(model, nn.Module):
+            return "a class, not a model: pass an instance of it"
+        return None
+
     # ---------------------------------------------------------------- analysis
     def _approach(self) -> str:
         return self.config.quantization.approach
@@ -92,9 +103,8 @@ class PyTorchAdaptor(Adaptor):
     def query_fw_capability(self, model: nn.Module) -> Dict[str, Any]:
         if not self.accepts(model):  # tune() checks this first; this is for direct calls
             kind = f"{type(model).__module__}.{type(model).__qualname__}"
-            hint = (" (a TorchScript module: pass the nn.Module it was scripted from)"
-                    if isinstance(model, torch.jit.ScriptModule) else "")
-            raise TypeError(f"the pytorch adaptor takes a torch.nn.Module, not a {kind}{hint}")
+            reason = self.reject_reason(model)
+            raise TypeError(f"the pytorch adaptor takes a torch.nn.Module, not a {kind}{f' ({reason})' if reason else ''}")
         approach = self._approach()
         act = ACTIVATION_CAPABILITY[approach]
         ops: Dict[Tuple[str, str], Dict[str, Any]] = {}
