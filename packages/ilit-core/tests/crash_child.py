@@ -86,9 +86,7 @@ def eval_func(m):
     global evaluations
     evaluations += 1
     reached("eval")
-    x = __import__("numpy").concatenate([x for x, _ in data])
-    y = __import__("numpy").concatenate([y for _, y in data])
-    return float((m(x).argmax(1) == y).mean())
+    return ilit_toy.accuracy(m, data)
 
 
 conf = {

@@ -3,19 +3,13 @@
 import json
 import math
 
-import numpy as np
 import pytest
 
 import ilit
+from ilit_toy import accuracy
 import ilit.tuner
 
 TRIAL_SECONDS = 10.0
-
-
-def accuracy(model, data):
-    x = np.concatenate([x for x, _ in data])
-    y = np.concatenate([y for _, y in data])
-    return float((model(x).argmax(1) == y).mean())
 
 
 def wide(conf, **tuning):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import ilit
+import ilit_toy
 from ilit_toy import ToyAdaptor
 
 
@@ -35,9 +36,7 @@ def test_usage_b_eval_func(easy_toy, conf):
 
     def eval_func(m):
         seen.append(m)
-        x = np.concatenate([x for x, _ in data])
-        y = np.concatenate([y for _, y in data])
-        return float((m(x).argmax(1) == y).mean())
+        return ilit_toy.accuracy(m, data)
 
     c = conf()
     del c["tuning"]["metric"]

@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 
 import ilit
-
-
-def accuracy(model, data):
-    x = np.concatenate([x for x, _ in data])
-    y = np.concatenate([y for _, y in data])
-    return float((model(x).argmax(1) == y).mean())
+from ilit_toy import accuracy
 
 
 def many_trials(conf, **tuning):

@@ -112,3 +112,10 @@ def make_dataset(model: ToyModel, n: int = 256, batch: int = 32, seed: int = 1) 
     keep = np.argsort(-margin)[:n]  # clear-cut samples, so 8-bit noise alone rarely flips a label
     x, y = x[np.sort(keep)], out[np.sort(keep)].argmax(1)
     return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+def accuracy(model: ToyModel, data: List[Tuple[np.ndarray, np.ndarray]]) -> float:
+    """Top-1 accuracy of ``model`` over labelled batches: the eval_func of the tests' usage (b)."""
+    x = np.concatenate([x for x, _ in data])
+    y = np.concatenate([y for _, y in data])
+    return float((model(x).argmax(1) == y).mean())
