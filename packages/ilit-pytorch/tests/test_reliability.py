@@ -16,6 +16,7 @@ from torch import nn
 from conftest import accuracy, make_adaptor, train
 
 import ilit
+from ilit.tune_cfg import fallback_ops
 from ilit_pytorch import PyTorchAdaptor
 from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE, ModelFileError
 
@@ -255,6 +256,17 @@ def _set_mode(model, mode):
     return model
 
 
+def _in_eval_mode(model, fn):
+    """What a well-behaved eval_func does: run ``fn(model)`` in eval mode, give the model back in its modes."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return fn(model)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 @pytest.mark.parametrize("usage", ["eval_dataloader", "eval_func"])
 @pytest.mark.parametrize("mode", ["eval", "train", "mixed", "graph-module-train"])
 def test_tune_leaves_the_fp32_model_exactly_as_it_was(mode, usage, bn_drop_net, digits, tmp_path):
@@ -264,15 +276,8 @@ def test_tune_leaves_the_fp32_model_exactly_as_it_was(mode, usage, bn_drop_net, 
     seen = []
 
     def eval_func(m):
-        # a well-behaved user function: evaluates in eval mode and gives the model back in its own mode
         seen.append((m, {k: s.training for k, s in m.named_modules()}))
-        modes = {s: s.training for s in m.modules()}
-        m.eval()
-        try:
-            return accuracy(m, digits[1])
-        finally:
-            for s, t in modes.items():
-                s.training = t
+        return _in_eval_mode(m, lambda e: accuracy(e, digits[1]))
 
     if usage == "eval_func":
         tuner = ilit.Tuner(_conf(tmp_path, max_trials=2))
@@ -284,6 +289,29 @@ def test_tune_leaves_the_fp32_model_exactly_as_it_was(mode, usage, bn_drop_net, 
         assert tuner.baseline_accuracy == pytest.approx(expected)  # evaluated in eval mode, whatever its mode
     assert q is not None and not q.training and tuner.best_trial.meets
     assert tuner.history.baseline_objective > 0  # the performance objective ran the fp32 model too
+    assert_unchanged(model, before)
+
+
+def test_mse_strategy_and_footprint_objective_leave_a_training_model_unchanged(bn_drop_net, digits, tmp_path):
+    """The MSE strategy inspects the fp32 model's activations; footprint saves it and times it."""
+    model = _set_mode(copy.deepcopy(bn_drop_net), "train")
+    before = snapshot(model)
+    x = torch.cat([xb for xb, _ in digits[1][:2]])
+    with torch.no_grad():
+        ref = copy.deepcopy(model).eval()(x)
+
+    def eval_func(m):  # minus the distance to the fp32 logits: only fp32 itself meets an absolute 0 loss
+        with torch.no_grad():
+            return _in_eval_mode(m, lambda e: -float(((e(x) - ref) ** 2).mean()))
+
+    conf = _conf(tmp_path, strategy="mse", objective="footprint", max_trials=2, accuracy_criterion={"absolute": 0.0})
+    conf["quantization"].update(weight={"scheme": "sym", "granularity": "per_channel"},
+                                activation={"scheme": "asym", "algorithm": "minmax"})  # one model-wise config
+    tuner = ilit.Tuner(conf)
+    assert tuner.tune(model, q_dataloader=digits[0], eval_func=eval_func) is None
+    first, second = tuner.history.trials
+    assert fallback_ops(first.tune_cfg) == [] and len(fallback_ops(second.tune_cfg)) == 1  # ranked by inspect_tensor
+    assert tuner.history.baseline_objective > 0
     assert_unchanged(model, before)
 
 
