@@ -83,6 +83,10 @@ def _foreign(kind, tmp_path):
 
 FOREIGN = ["mxnet_block", "torch_module", "plain_object", "numpy_array", "dir_not_saved_model", "missing_path",
            "keras_layer", "tf_function_without_signature", "tflite_model"]
+#: what the adaptor adds to the refusal, for the near misses (Adaptor.reject_reason)
+REASONS = {"dir_not_saved_model": "is not a SavedModel directory", "missing_path": "is not a SavedModel directory",
+           "tf_function_without_signature": "needs an input_signature",
+           "tflite_model": "already a converted TFLite model"}
 
 
 @pytest.mark.parametrize("kind", FOREIGN)
@@ -96,6 +100,7 @@ def test_a_model_the_adaptor_does_not_take_is_refused_before_anything_runs(kind,
     message = str(info.value)
     assert info.value.path == "framework.name" and message.startswith("framework.name")
     assert f"{type(model).__module__}.{type(model).__qualname__}" in message
+    assert REASONS.get(kind, "no reason given") in message or (kind not in REASONS and "does not take;" in message)
     assert adaptor_calls == []                # no conversion, capability query or quantization ran
     assert tuner.adaptor is None and tuner.history is None
     assert "torch" not in sys.modules and "mxnet" not in sys.modules  # telling them apart imported neither

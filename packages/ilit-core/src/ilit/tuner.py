@@ -53,13 +53,14 @@ def _first_inputs(loader: Iterable[Any], name: str) -> Any:
     return batch
 
 
-def _check_loader(loader: Any, name: str) -> None:
-    """A loader is iterated once per trial, so a one-shot iterator (a generator) would be empty from trial 2 on."""
+def _check_loader(loader: Any, name: str) -> Any:
+    """The first batch's inputs of a usable loader. A loader is iterated once per trial, so a one-shot
+    iterator (a generator) would be empty from trial 2 on: it is refused."""
     if isinstance(loader, Iterator):
         raise ValueError(f"{name} is a one-shot {type(loader).__name__}: ilit iterates it once per trial, so it would "
                          "be empty after the first; pass a list of batches or a re-iterable loader "
                          "(torch DataLoader, tf.data.Dataset, gluon DataLoader)")
-    _first_inputs(loader, name)
+    return _first_inputs(loader, name)
 
 
 def as_score(value: Any, source: str) -> float:
@@ -170,9 +171,9 @@ class Tuner:
                               "or pass eval_func instead")
         if q_dataloader is None:
             raise ValueError("tune() needs q_dataloader, an iterable of (inputs, labels) batches for calibration")
-        _check_loader(q_dataloader, "q_dataloader")
+        inputs = _check_loader(q_dataloader, "q_dataloader")  # a batch the objective measures the model on
         if eval_dataloader is not None:
-            _check_loader(eval_dataloader, "eval_dataloader")
+            inputs = _check_loader(eval_dataloader, "eval_dataloader")
         workspace = os.path.abspath(t_cfg.workspace_path)
         prepare_workspace(workspace)
         old = History.load(resume_file) if resume_file else None
@@ -207,9 +208,6 @@ class Tuner:
 
         def quantize(tune_cfg: TuneCfg) -> Any:
             return adaptor.quantize(tune_cfg, model, q_dataloader, q_func)
-
-        inputs = _first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader,
-                               "eval_dataloader" if eval_dataloader is not None else "q_dataloader")
 
         self.history_path = hist_path = os.path.join(workspace, "history.json")
         best_dir = os.path.join(workspace, "best_model")

@@ -137,6 +137,17 @@ class TensorFlowAdaptor(Adaptor):
         it before any calibration."""
         return model_kind(model) is not None
 
+    @classmethod
+    def reject_reason(cls, model: Any) -> Optional[str]:
+        """What to pass instead, for the near misses: a path, a converted model, a tf.function without signature."""
+        if isinstance(model, (str, os.PathLike)):
+            return f"{os.fspath(model)!r} is not a SavedModel directory (no saved_model.pb in it)"
+        if isinstance(model, TFLiteModel):
+            return "it is already a converted TFLite model; pass the FP32 Keras model, SavedModel or tf.function"
+        if type(model).__name__ in ("PolymorphicFunction", "Function") and getattr(model, "input_signature", 0) is None:
+            return "a tf.function needs an input_signature, e.g. @tf.function(input_signature=[tf.TensorSpec(...)])"
+        return None
+
     def _prepare(self, model: Any) -> _Prepared:
         if isinstance(model, TFLiteModel):
             raise TypeError("this is already a converted TFLite model; pass the FP32 Keras model, SavedModel "
