@@ -157,7 +157,7 @@ def test_a_crafted_pickle_in_a_saved_model_never_runs(saved_dir, tmp_path, targe
     model_dir = tmp_path / "m"
     _copy(saved_dir, model_dir)
     (model_dir / target).write_bytes(evil)
-    with pytest.raises(ModelFileError) as err:
+    with pytest.raises(ilit.ModelFileError) as err:  # the core type every adaptor raises a subclass of
         make_adaptor().load(str(model_dir))
     assert err.value.file == str(model_dir / target)
     assert f"{model_dir / target} is not a model ilit saved" in str(err.value)

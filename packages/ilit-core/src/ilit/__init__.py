@@ -6,7 +6,7 @@ The core holds the user API (:class:`Tuner`), the extension API (:class:`Adaptor
 
 from .adaptor import Adaptor, to_numpy
 from .config import Config, load_config
-from .errors import ConfigError, PluginLoadError, PluginNotFoundError, ResumeError
+from .errors import ConfigError, ModelFileError, PluginLoadError, PluginNotFoundError, ResumeError
 from .history import History, Trial
 from .metric import Metric
 from .objective import Objective
@@ -24,6 +24,7 @@ __all__ = [
     "PluginNotFoundError",
     "PluginLoadError",
     "ResumeError",
+    "ModelFileError",
     "Adaptor",
     "Strategy",
     "StrategyContext",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "PluginNotFoundError", "PluginLoadError", "ResumeError"]
+__all__ = ["ConfigError", "PluginNotFoundError", "PluginLoadError", "ResumeError", "ModelFileError"]
 
 
 class ConfigError(ValueError):
@@ -29,3 +29,10 @@ class PluginLoadError(ImportError):
 
 class ResumeError(ValueError):
     """A ``resume_file`` cannot be used with this config or model."""
+
+
+class ModelFileError(ValueError):
+    """A file read as a saved model is not one the adaptor wrote; nothing in it was run.
+
+    Each adaptor's ``load`` raises a subclass, whose message names the file and what is wrong with it.
+    """

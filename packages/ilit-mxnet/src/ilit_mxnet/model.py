@@ -13,6 +13,7 @@ import tempfile
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import ilit
 import mxnet as mx
 import numpy as np
 
@@ -25,7 +26,7 @@ PREFIX = "model"
 _NDARRAY_MAGIC = 0x112  # the first little-endian uint64 of MXNet's NDArray list file (kMXAPINDArrayListMagic)
 
 
-class ModelFileError(ValueError):
+class ModelFileError(ilit.ModelFileError):
     """A file read as a saved model is not one ilit-mxnet (or MXNet's checkpoint export) wrote.
 
     ``file`` is its path; the message says what is wrong with it.

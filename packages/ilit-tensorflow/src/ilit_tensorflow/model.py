@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import ilit
 import numpy as np
 
 from ._deps import interpreter_class, op_resolver_without_delegates
@@ -47,7 +48,7 @@ def _dequantize(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     return ((value.astype(np.float32) - zps.reshape(shape)) * scales.reshape(shape)).astype(np.float32)
 
 
-class InvalidModelFileError(ValueError):
+class InvalidModelFileError(ilit.ModelFileError):
     """A file handed to :meth:`TFLiteModel.load` is not a model the TensorFlow adaptor saved."""
 
     def __init__(self, file: str, reason: str) -> None:
