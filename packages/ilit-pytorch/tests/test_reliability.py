@@ -162,6 +162,7 @@ def test_load_refuses_a_crafted_pickle_in_each_file_without_running_it(where, pa
     with pytest.raises(ModelFileError) as info:
         adaptor.load(str(target.parent), model=fp32)
     assert str(target) in str(info.value) and "not" in str(info.value) and "nothing in it was run" in str(info.value)
+    assert isinstance(info.value, ilit.ModelFileError) and info.value.file == str(target)
     assert not marker.exists()
 
 

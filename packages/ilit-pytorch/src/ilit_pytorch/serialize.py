@@ -19,6 +19,7 @@ import os
 import warnings
 from typing import Any, Dict, Optional
 
+import ilit
 import torch
 from torch import nn
 
@@ -34,8 +35,15 @@ META_FILE = "ilit_model.json"
 FORMATS = ("torchscript", "torchscript-trace", "state_dict")  # the "format" values save_model writes
 
 
-class ModelFileError(ValueError):
-    """A file of a saved-model directory is not what ilit-pytorch writes; nothing in it was run."""
+class ModelFileError(ilit.ModelFileError):
+    """A file of a saved-model directory is not what ilit-pytorch writes; nothing in it was run.
+
+    ``file`` is its path; the message says what is wrong with it.
+    """
+
+    def __init__(self, file: str, message: str) -> None:
+        self.file = file
+        super().__init__(message)
 
 
 def _as_args(inputs: Any) -> Any:
@@ -88,7 +96,7 @@ def _refuse(file: str, what: str, exc: Optional[BaseException] = None) -> ModelF
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         why = next((ln for ln in lines if "Unsupported global" in ln or "Unknown type name" in ln), lines[0] if lines else "")
         detail = f" ({type(exc).__name__}: {why.split('. ')[0].rstrip('.')[:200]})"
-    return ModelFileError(f"{file} is not {what} ilit-pytorch saved{detail}; it was refused and nothing in it was "
+    return ModelFileError(file, f"{file} is not {what} ilit-pytorch saved{detail}; it was refused and nothing in it was "
                           "run. Load only directories written by adaptor.save (such as the tuner's best_model) "
                           "from a source you trust; if it should be one, save the model again")
 
