@@ -117,3 +117,12 @@ def test_no_calibration_loader(toy, conf):
     model, data = toy
     with pytest.raises(ValueError, match="needs q_dataloader"):
         ilit.Tuner(conf()).tune(model, None, eval_dataloader=data)
+
+
+def test_quant_aware_training_without_q_func(toy, conf, spy):
+    model, data = toy
+    c = conf()
+    c["quantization"]["approach"] = "quant_aware_training"
+    with pytest.raises(ValueError, match="quant_aware_training needs q_func"):
+        ilit.Tuner(c).tune(model, data, eval_dataloader=data)
+    assert spy == []

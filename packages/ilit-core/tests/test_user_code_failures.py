@@ -159,3 +159,20 @@ def test_the_users_model_is_unchanged_whatever_happens(toy, conf):
     for (w, b, qcfg, wq), layer in zip(before, model.layers):
         assert np.array_equal(w, layer.W) and np.array_equal(b, layer.b)
         assert layer.qcfg is qcfg is None and layer.wq is wq is None
+
+
+def test_the_users_model_mode_comes_back_whatever_eval_func_does(easy_toy, conf):
+    """The adaptor's fp32_context runs the user's code on the FP32 model in inference mode and restores the
+    model's own mode after, even when eval_func flips it (as model.eval() / model.train() would)."""
+    model, data = easy_toy
+    model.training = True
+    seen = []
+
+    def eval_func(m):
+        if m is model:
+            seen.append(m.training)
+            m.training = "flipped by the user's eval_func"
+        return accuracy(m, data)
+
+    ilit.Tuner(many_trials(conf)).tune(model, data, eval_func=eval_func)
+    assert seen == [False] and model.training is True

@@ -340,6 +340,29 @@ def test_models_run_in_inference_mode_inside_the_callers_train_mode(gluon_net, c
         np.testing.assert_array_equal(q(x).asnumpy(), want_int8)
 
 
+def test_eval_func_on_the_fp32_model_runs_in_predict_mode_inside_the_callers_train_mode(gluon_net, calib, evalset,
+                                                                                     tmp_path):
+    """The user's own eval_func calls the Gluon block directly; fp32_context makes that predict mode too."""
+    ad = make_adaptor()
+    want = accuracy(ad, gluon_net, evalset)
+    modes = []
+
+    def eval_func(model: Any) -> float:
+        if model is gluon_net:
+            modes.append(autograd.is_training())
+            x = np.concatenate([np.asarray(xb) for xb, _ in evalset])
+            y = np.concatenate([np.asarray(yb) for _, yb in evalset])
+            return float((model(mx.nd.array(x)).asnumpy().argmax(1) == y).mean())
+        return accuracy(ad, model, evalset)
+
+    conf = _conf(tmp_path)
+    del conf["tuning"]["metric"]
+    tuner = ilit.Tuner(conf)
+    with autograd.train_mode():
+        tuner.tune(gluon_net, calib, eval_func=eval_func)
+    assert modes == [False] and tuner.baseline_accuracy == pytest.approx(want)
+
+
 # ---------------------------------------------------------------------------------------------- failing user code
 @pytest.mark.parametrize("failure", ["raises", "nan"])
 def test_an_eval_func_failing_on_one_trial_is_recorded_and_tuning_goes_on(failure, gluon_net, calib, evalset,

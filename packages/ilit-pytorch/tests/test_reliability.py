@@ -276,14 +276,16 @@ def test_tune_leaves_the_fp32_model_exactly_as_it_was(mode, usage, bn_drop_net, 
     expected = accuracy(copy.deepcopy(model).eval(), digits[1])
     seen = []
 
-    def eval_func(m):
+    def eval_func(m):  # the usual user code: it calls m.eval() and leaves the model so
         seen.append((m, {k: s.training for k, s in m.named_modules()}))
-        return _in_eval_mode(m, lambda e: accuracy(e, digits[1]))
+        return accuracy(m.eval(), digits[1])
 
     if usage == "eval_func":
         tuner = ilit.Tuner(_conf(tmp_path, max_trials=2))
         q = tuner.tune(model, q_dataloader=digits[0], eval_func=eval_func)
-        assert seen[0][0] is model and seen[0][1] == before["training"]  # the user's model, as given
+        # the user's model itself, run in eval mode (fp32_context), its own modes restored afterwards
+        assert seen[0][0] is model and not any(seen[0][1].values())
+        assert tuner.baseline_accuracy == pytest.approx(expected)
     else:
         tuner = ilit.Tuner(_conf(tmp_path, max_trials=2, metric={"topk": 1}))
         q = tuner.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1])
@@ -406,3 +408,13 @@ def test_an_eval_func_failing_on_the_fp32_model_stops_tune_with_that_error(train
     assert info.value is error
     assert tuner.adaptor.quantize_calls == 0 and tuner.adaptor.calibration_batches == 0
     assert tuner.history.trials == []
+
+
+def test_a_torchscript_module_without_framework_name_is_explained_without_loading_other_adaptors(
+        trained_cnn, digits, tmp_path):
+    scripted = torch.jit.script(copy.deepcopy(trained_cnn).eval())
+    conf = _conf(tmp_path, max_trials=1)
+    del conf["framework"]
+    with pytest.raises(ilit.ConfigError, match="belongs to the pytorch adaptor, which does not take it .*scripted from"):
+        ilit.Tuner(conf).tune(scripted, q_dataloader=digits[0], eval_func=lambda m: 1.0)
+    assert "tensorflow" not in sys.modules and "mxnet" not in sys.modules

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -122,6 +123,12 @@ class Adaptor(ABC):
         """Whether this adaptor recognises ``model`` (used when ``framework.name`` is not set)."""
         mods = {c.__module__.split(".")[0] for c in type(model).__mro__}
         return bool(mods & set(cls.model_modules))
+
+    def fp32_context(self, model: Any) -> ContextManager[Any]:
+        """A context around ``eval_func`` and the objective on the user's FP32 model, in which the adaptor
+        puts it in inference mode and afterwards restores its mode exactly (e.g. PyTorch's train/eval flags),
+        whatever the user's function did to it. The default does nothing."""
+        return contextlib.nullcontext(model)
 
     @classmethod
     def reject_reason(cls, model: Any) -> Optional[str]:

@@ -136,6 +136,10 @@ class Tuner:
                 cls = registry.load("adaptor", guess)
                 if cls.accepts(model):
                     return cls
+                reason = cls.reject_reason(model)
+                if reason:  # the model's own framework refuses it: no other adaptor (or framework) is loaded
+                    raise ConfigError("framework.name", f"a {type(model).__module__}.{type(model).__qualname__} "
+                                      f"model belongs to the {guess} adaptor, which does not take it ({reason})")
         loaded = registry.load_all("adaptor")
         for cls in loaded.values():
             if cls.accepts(model):
@@ -171,6 +175,9 @@ class Tuner:
                               "or pass eval_func instead")
         if q_dataloader is None:
             raise ValueError("tune() needs q_dataloader, an iterable of (inputs, labels) batches for calibration")
+        if cfg.quantization.approach == "quant_aware_training" and q_func is None:
+            raise ValueError("quantization.approach quant_aware_training needs q_func(model), your training loop, "
+                             "which ilit calls on each prepared model; pass q_func or use post_training_static_quant")
         inputs = _check_loader(q_dataloader, "q_dataloader")  # a batch the objective measures the model on
         if eval_dataloader is not None:
             inputs = _check_loader(eval_dataloader, "eval_dataloader")
@@ -230,8 +237,9 @@ class Tuner:
         t0 = _now()
         if history.baseline_accuracy is None:
             try:
-                history.baseline_accuracy = evaluate(model)
-                history.baseline_objective = objective.measure(model, adaptor, inputs)
+                with adaptor.fp32_context(model):  # the user's model leaves in the mode it came in
+                    history.baseline_accuracy = evaluate(model)
+                    history.baseline_objective = objective.measure(model, adaptor, inputs)
             except Exception as exc:  # without a baseline there is no goal: stop at once, with the user's error
                 log.error("the FP32 baseline failed, so tuning stops: %s: %s", type(exc).__name__, exc)
                 raise

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -98,6 +98,12 @@ class MXNetAdaptor(Adaptor):
         if isinstance(model, (str, os.PathLike)):
             return is_checkpoint(model)
         return _is_symbol_tuple(model)
+
+    def fp32_context(self, model: Any) -> ContextManager[Any]:
+        """Predict mode for ``eval_func`` and the objective on the FP32 model, even inside the caller's
+        ``autograd.train_mode()``: batch-norm uses its running statistics and dropout is off, as in the
+        INT8 models."""
+        return mx.autograd.predict_mode()
 
     @classmethod
     def reject_reason(cls, model: Any) -> Optional[str]:

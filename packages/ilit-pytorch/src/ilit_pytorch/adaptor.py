@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import weakref
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from .calibration import (Tap, batch_inputs, call_model, collect_stats, load_sta
                           stat_kinds, tapped_model)
 from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_off_fast_path,  # noqa: E402
                     qconfig_entries, set_submodule)
-from .modes import eval_mode, training_modules  # noqa: E402
+from .modes import eval_mode, restored_modes, training_modules  # noqa: E402
 from .serialize import load_model, save_model  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
@@ -85,6 +86,10 @@ class PyTorchAdaptor(Adaptor):
         if isinstance(model, type) and issubclass(model, nn.Module):
             return "a class, not a model: pass an instance of it"
         return None
+
+    def fp32_context(self, model: Any) -> ContextManager[Any]:
+        """Eval mode for ``eval_func`` and the objective on the user's model; each submodule's mode restored after."""
+        return restored_modes(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
 
     # ---------------------------------------------------------------- analysis
     def _approach(self) -> str:

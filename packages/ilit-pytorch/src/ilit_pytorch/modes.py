@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from torch import nn
 
-__all__ = ["eval_mode", "training_modules"]
+__all__ = ["eval_mode", "restored_modes", "training_modules"]
 
 
 def training_modules(model: nn.Module, modules: Optional[Sequence[nn.Module]] = None) -> List[nn.Module]:
@@ -39,3 +39,17 @@ def eval_mode(model: nn.Module, modules: Optional[Sequence[nn.Module]] = None) -
     finally:
         for m in switched:
             m.training = True
+
+
+@contextmanager
+def restored_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, and afterwards every submodule's flag exactly as before, whatever
+    the block did: the user's ``eval_func`` may call ``model.eval()`` or ``model.train()`` on it."""
+    flags = [(m, m.training) for m in model.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m, was in flags:
+            m.training = was

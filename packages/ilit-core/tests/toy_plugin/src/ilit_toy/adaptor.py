@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -35,6 +36,16 @@ class ToyAdaptor(Adaptor):
         self.calibration_batches = 0   # batches run for calibration, counted for tests
         self.quantize_calls = 0
         self._stats: Dict[Any, Dict[str, Tuple[float, float]]] = {}
+
+    @contextlib.contextmanager
+    def fp32_context(self, model: ToyModel):
+        """Inference mode for the user's code on the FP32 model, and its own mode back afterwards."""
+        was = model.training
+        model.training = False
+        try:
+            yield model
+        finally:
+            model.training = was
 
     @classmethod
     def reject_reason(cls, model):

@@ -52,6 +52,7 @@ class Dense:
 @dataclass
 class ToyModel:
     layers: List[Dense] = field(default_factory=list)
+    training: bool = False  # a mode flag like a framework's train/eval, which tuning must give back unchanged
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:
