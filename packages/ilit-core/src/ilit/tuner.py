@@ -77,6 +77,31 @@ def as_score(value: Any, source: str) -> float:
     return score
 
 
+def _check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader: Any, eval_func: Any) -> Any:
+    """Refuse bad arguments to ``tune`` before any work; return the inputs of a batch for the objective."""
+    if eval_func is None and eval_dataloader is None:
+        raise ValueError("tune() needs eval_dataloader (with tuning.metric in the config) or eval_func(model) -> float")
+    if eval_func is not None and eval_dataloader is not None:
+        raise ValueError("tune() got both eval_func and eval_dataloader; give one: eval_func(model) -> float, "
+                         "or eval_dataloader with tuning.metric in the config")
+    if eval_func is not None and not callable(eval_func):
+        raise ValueError(f"eval_func must be a function model -> float, got {type(eval_func).__name__}")
+    if q_func is not None and not callable(q_func):
+        raise ValueError(f"q_func must be a function taking the model, got {type(q_func).__name__}")
+    if eval_func is None and cfg.tuning.metric is None:
+        raise ConfigError("tuning.metric", "an eval_dataloader needs a metric, e.g. 'metric: {topk: 1}'; "
+                          "or pass eval_func instead")
+    if q_dataloader is None:
+        raise ValueError("tune() needs q_dataloader, an iterable of (inputs, labels) batches for calibration")
+    if cfg.quantization.approach == "quant_aware_training" and q_func is None:
+        raise ValueError("quantization.approach quant_aware_training needs q_func(model), your training loop, "
+                         "which ilit calls on each prepared model; pass q_func or use post_training_static_quant")
+    inputs = _check_loader(q_dataloader, "q_dataloader")  # a batch the objective measures the model on
+    if eval_dataloader is not None:
+        inputs = _check_loader(eval_dataloader, "eval_dataloader")
+    return inputs
+
+
 def _build_metric(spec: Any) -> Metric:
     name, args = spec
     cls = registry.load("metric", name)
@@ -127,7 +152,15 @@ class Tuner:
     def _adaptor_class(self, model: Any) -> type:
         name = self.config.framework.name
         if name:
-            return registry.load("adaptor", name)
+            cls = registry.load("adaptor", name)
+            if not cls.accepts(model):
+                kind = f"{type(model).__module__}.{type(model).__qualname__}"
+                reason = cls.reject_reason(model)
+                raise ConfigError("framework.name", f"is {name!r}, but the model given to tune() is a {kind}, which the "
+                                  f"{name} adaptor does not take{f' ({reason})' if reason else ''}; pass a {name} "
+                                  "model, or set framework.name to the model's framework (installed adaptors: "
+                                  f"{', '.join(registry.installed('adaptor'))})")
+            return cls
         # try the adaptor named for the model's own package first, so a torch model never imports TensorFlow
         installed = registry.installed("adaptor")
         for module in dict.fromkeys(c.__module__.split(".")[0] for c in type(model).__mro__):
@@ -161,40 +194,12 @@ class Tuner:
         cfg = self.config
         t_cfg = cfg.tuning
         # every check on the arguments, the workspace and the resume file runs before any calibration
-        if eval_func is None and eval_dataloader is None:
-            raise ValueError("tune() needs eval_dataloader (with tuning.metric in the config) or eval_func(model) -> float")
-        if eval_func is not None and eval_dataloader is not None:
-            raise ValueError("tune() got both eval_func and eval_dataloader; give one: eval_func(model) -> float, "
-                             "or eval_dataloader with tuning.metric in the config")
-        if eval_func is not None and not callable(eval_func):
-            raise ValueError(f"eval_func must be a function model -> float, got {type(eval_func).__name__}")
-        if q_func is not None and not callable(q_func):
-            raise ValueError(f"q_func must be a function taking the model, got {type(q_func).__name__}")
-        if eval_func is None and t_cfg.metric is None:
-            raise ConfigError("tuning.metric", "an eval_dataloader needs a metric, e.g. 'metric: {topk: 1}'; "
-                              "or pass eval_func instead")
-        if q_dataloader is None:
-            raise ValueError("tune() needs q_dataloader, an iterable of (inputs, labels) batches for calibration")
-        if cfg.quantization.approach == "quant_aware_training" and q_func is None:
-            raise ValueError("quantization.approach quant_aware_training needs q_func(model), your training loop, "
-                             "which ilit calls on each prepared model; pass q_func or use post_training_static_quant")
-        inputs = _check_loader(q_dataloader, "q_dataloader")  # a batch the objective measures the model on
-        if eval_dataloader is not None:
-            inputs = _check_loader(eval_dataloader, "eval_dataloader")
+        inputs = _check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func)
         workspace = os.path.abspath(t_cfg.workspace_path)
         prepare_workspace(workspace)
         old = History.load(resume_file) if resume_file else None
 
-        adaptor_cls = self._adaptor_class(model)
-        if cfg.framework.name and not adaptor_cls.accepts(model):
-            kind = f"{type(model).__module__}.{type(model).__qualname__}"
-            reason = adaptor_cls.reject_reason(model)
-            raise ConfigError("framework.name", f"is {cfg.framework.name!r}, but the model given to tune() is a {kind}, "
-                              f"which the {cfg.framework.name} adaptor does not take"
-                              f"{f' ({reason})' if reason else ''}; pass a "
-                              f"{cfg.framework.name} model, or set framework.name to the model's framework "
-                              f"(installed adaptors: {', '.join(registry.installed('adaptor'))})")
-        adaptor: Adaptor = adaptor_cls(cfg)
+        adaptor: Adaptor = self._adaptor_class(model)(cfg)
         self.adaptor = adaptor
         strategy_cls = registry.load("strategy", t_cfg.strategy)
         strategy_cls.check(adaptor)
