@@ -250,7 +250,7 @@ class PyTorchAdaptor(Adaptor):
                 self._warned_train = True
                 log.warning("pytorch adaptor: the model is in training mode; ilit evaluates it in eval mode "
                             "(no dropout, batch-norm running statistics used and not updated) and leaves its "
-                            "mode as it was. An eval_func gets it as you gave it: call model.eval() before tuning")
+                            "mode as it was (an eval_func gets it in eval mode too, its modes restored after)")
             with eval_mode(model, modules), torch.inference_mode():
                 return call_model(model, inputs)
         with torch.inference_mode():
