@@ -54,6 +54,18 @@ class Gate(nn.Module):
         return self.proj(x)
 
 
+class UnscriptableNet(nn.Module):
+    """A lambda attribute: TorchScript cannot compile it, and without an example it is saved as a state dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.fn = lambda t: t * 2
+
+    def forward(self, x):
+        return self.fn(self.fc(x))
+
+
 class UntraceableNet(nn.Module):
     """A traceable conv stem, a data-dependent gate, then a real transformer encoder and a head."""
 

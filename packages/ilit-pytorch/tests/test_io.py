@@ -7,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from conftest import DigitsCNN, ResidualNet, UntraceableNet, make_adaptor, uniform_cfg
+from conftest import DigitsCNN, ResidualNet, UnscriptableNet, UntraceableNet, make_adaptor, uniform_cfg
 
 from ilit.objectives import saved_size
 from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE
@@ -40,23 +39,14 @@ def test_saved_int8_model_is_at_most_three_tenths_of_fp32(digits):
 
 
 def test_weights_only_fallback_for_models_torchscript_cannot_take(tmp_path):
-    class Odd(nn.Module):  # neither scriptable (a lambda attribute) nor traceable without an example
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 2)
-            self.fn = lambda t: t * 2
-
-        def forward(self, x):
-            return self.fn(self.fc(x))
-
     torch.manual_seed(0)
-    model = Odd().eval()
+    model = UnscriptableNet().eval()
     adaptor = make_adaptor()
     adaptor.save(model, str(tmp_path / "m"))
     assert (tmp_path / "m" / STATE_FILE).exists() and not (tmp_path / "m" / MODEL_FILE).exists()
     with pytest.raises(ValueError, match="pass that model"):
         adaptor.load(str(tmp_path / "m"))
-    fresh = Odd()
+    fresh = UnscriptableNet()
     back = adaptor.load(str(tmp_path / "m"), model=fresh)
     x = torch.randn(3, 4)
     assert torch.equal(back(x), model(x))

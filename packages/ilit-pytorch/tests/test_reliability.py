@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import accuracy, make_adaptor, train
+from conftest import UnscriptableNet, accuracy, make_adaptor, train
 
 import ilit
 from ilit.tune_cfg import fallback_ops
@@ -114,18 +114,6 @@ def _torchscript_with(archive, payload, into):
             dst.writestr(name, data)
 
 
-class _Unscriptable(nn.Module):
-    """A lambda attribute: TorchScript cannot compile it, and without an example it is saved as a state dict."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 2)
-        self.fn = lambda t: t * 2
-
-    def forward(self, x):
-        return self.fn(self.fc(x))
-
-
 WHERE = ["meta-pickle", "model-pickle", "model-torch-save", "model-torchscript-archive", "state-pickle",
          "state-torch-save"]
 
@@ -135,7 +123,7 @@ WHERE = ["meta-pickle", "model-pickle", "model-torch-save", "model-torchscript-a
 def test_load_refuses_a_crafted_pickle_in_each_file_without_running_it(where, payload_cls, tmp_path):
     adaptor = make_adaptor()
     torch.manual_seed(0)
-    fp32 = _Unscriptable().eval()
+    fp32 = UnscriptableNet().eval()
     scripted_dir, state_dir = tmp_path / "scripted", tmp_path / "state"
     adaptor.save(nn.Sequential(nn.Linear(4, 2)).eval(), str(scripted_dir))
     adaptor.save(fp32, str(state_dir))
@@ -177,7 +165,7 @@ def test_load_refuses_metadata_of_the_wrong_shape(meta, tmp_path):
 
 def test_load_refuses_a_weights_only_file_that_is_not_a_state_dict(tmp_path):
     adaptor = make_adaptor()
-    fp32 = _Unscriptable().eval()
+    fp32 = UnscriptableNet().eval()
     adaptor.save(fp32, str(tmp_path / "m"))
     torch.save([torch.zeros(2), 3], str(tmp_path / "m" / STATE_FILE))  # loads weights-only, but is a list
     with pytest.raises(ModelFileError, match="not a dict"):
