@@ -159,7 +159,7 @@ def test_a_crafted_pickle_in_a_saved_model_never_runs(saved_dir, tmp_path, targe
     (model_dir / target).write_bytes(evil)
     with pytest.raises(ilit.ModelFileError) as err:  # the core type every adaptor raises a subclass of
         make_adaptor().load(str(model_dir))
-    assert err.value.file == str(model_dir / target)
+    assert isinstance(err.value, ModelFileError) and err.value.file == str(model_dir / target)
     assert f"{model_dir / target} is not a model ilit saved" in str(err.value)
     assert "Traceback" not in str(err.value) and ".cc" not in str(err.value)  # not MXNet's C++ error
     if target != "ilit_mxnet.json":  # the checkpoint prefix path reads the same two files

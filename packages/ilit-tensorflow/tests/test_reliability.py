@@ -210,6 +210,7 @@ def test_load_refuses_files_ilit_did_not_save_and_runs_no_code(case, saved_fp32,
     load_path = bad if target == "bare.tflite" else model_dir
     with pytest.raises(ilit.ModelFileError) as info:  # the core type every adaptor raises a subclass of
         TensorFlowAdaptor(make_config()).load(str(load_path))
+    assert isinstance(info.value, InvalidModelFileError)
     assert str(bad) in str(info.value) and "is not a model ilit saved" in str(info.value)
     assert info.value.file == str(bad)
     assert not marker.exists()
