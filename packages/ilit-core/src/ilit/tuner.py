@@ -39,8 +39,15 @@ def _ensure_log_output() -> None:
         log.setLevel(logging.INFO)
 
 
-def _first_inputs(loader: Iterable[Any], name: str) -> Any:
-    """The inputs of the first batch; an empty loader is an error here, before any calibration runs."""
+def _check_loader(loader: Any, name: str) -> Any:
+    """The first batch's inputs of a usable loader; an empty or one-shot loader is refused before any calibration.
+
+    A loader is iterated once per trial, so a one-shot iterator (a generator) would be empty from trial 2 on.
+    """
+    if isinstance(loader, Iterator):
+        raise ValueError(f"{name} is a one-shot {type(loader).__name__}: ilit iterates it once per trial, so it would "
+                         "be empty after the first; pass a list of batches or a re-iterable loader "
+                         "(torch DataLoader, tf.data.Dataset, gluon DataLoader)")
     try:
         batch = next(iter(loader))
     except StopIteration:
@@ -51,16 +58,6 @@ def _first_inputs(loader: Iterable[Any], name: str) -> Any:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0]
     return batch
-
-
-def _check_loader(loader: Any, name: str) -> Any:
-    """The first batch's inputs of a usable loader. A loader is iterated once per trial, so a one-shot
-    iterator (a generator) would be empty from trial 2 on: it is refused."""
-    if isinstance(loader, Iterator):
-        raise ValueError(f"{name} is a one-shot {type(loader).__name__}: ilit iterates it once per trial, so it would "
-                         "be empty after the first; pass a list of batches or a re-iterable loader "
-                         "(torch DataLoader, tf.data.Dataset, gluon DataLoader)")
-    return _first_inputs(loader, name)
 
 
 def as_score(value: Any, source: str) -> float:
