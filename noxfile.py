@@ -30,7 +30,7 @@ def core(session: nox.Session) -> None:
     """ilit-core alone: proves the install stays light and no framework is imported."""
     session.install(CORE)
     session.run("python", "packages/ilit-core/tests/check_light_install.py")
-    session.install(TOY, "pytest", "hypothesis", "scikit-learn")
+    session.install(f"{CORE}[report]", TOY, "pytest", "hypothesis", "scikit-learn")  # report: matplotlib
     pytest(session, "packages/ilit-core/tests")
 
 
