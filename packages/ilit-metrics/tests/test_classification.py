@@ -31,7 +31,8 @@ def scored(draw, min_classes=2, max_classes=8, max_n=60):
 
 def sk_topk(labels, scores, k):
     """scikit-learn's top-k accuracy; two-class scores get a strictly lowest dummy column, which ranks
-    last and so changes nothing, because scikit-learn reads (N, 2) scores with binary labels differently."""
+    last and so changes nothing, because scikit-learn reads (N, 2) scores with binary labels differently.
+    scikit-learn ranks the higher class id first among equal scores."""
     c = scores.shape[1]
     if c == 2:
         scores = np.c_[scores, scores.min() - 1.0 * np.ones(len(scores))]
@@ -40,26 +41,62 @@ def sk_topk(labels, scores, k):
         return top_k_accuracy_score(labels, scores, k=k, labels=np.arange(scores.shape[1]))
 
 
+def stable_topk(labels, scores, k):
+    """By hand: rank each row by descending score with a stable sort (the lower class id first among
+    equal scores) and count the rows whose label is among the first k."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean((order == labels[:, None]).any(axis=1)))
+
+
+def mirrored_sk_topk(labels, scores, k):
+    """scikit-learn's top-k on the classes numbered backwards: its 'higher id first' tie rule then ranks
+    the lower original id first, so this is ilit's rule computed by the reference implementation."""
+    c = scores.shape[1]
+    return sk_topk(c - 1 - labels, scores[:, ::-1], k)
+
+
 # ---------------------------------------------------------------------------------------------- topk
 @given(scored(), st.data(), CUTS)
-def test_topk_equals_sklearn(data, draw, cuts):
+def test_topk_equals_a_stable_ranking_by_hand_and_mirrored_sklearn(data, draw, cuts):
     scores, labels = data
     k = draw.draw(st.integers(1, scores.shape[1]))
     got = feed(Topk(k), split(cuts, scores, labels))
-    assert got == sk_topk(labels, scores, k)
+    assert got == stable_topk(labels, scores, k)
+    assert got == mirrored_sk_topk(labels, scores, k)
+
+
+@given(scored(), CUTS)
+def test_topk_1_equals_argmax_on_tied_scores(data, cuts):
+    scores, labels = data
+    by_hand = float(np.mean(scores.argmax(1) == labels))  # numpy's argmax: the first maximum
+    assert feed(Topk(1), split(cuts, scores, labels)) == by_hand
+    assert feed(Topk(1), split(cuts, scores, labels)) == feed(Accuracy(), split(cuts, scores, labels))
+
+
+def test_topk_tie_rule_examples():
+    tied = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 1.0, 1.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+    # k=1: the first maximum wins (class 1 in row 0, class 0 in rows 1 and 2)
+    assert [feed(Topk(1), [(tied[i:i + 1], np.array([y]))]) for i, y in [(0, 1), (0, 2), (1, 0), (2, 0), (2, 3)]] \
+        == [1.0, 0.0, 1.0, 1.0, 0.0]
+    # k=2: row 1 ranks 0, 1, 2, 3 (class 1 before class 2); row 2 ranks 0, 1, 2, 3
+    assert [feed(Topk(2), [(tied[i:i + 1], np.array([y]))]) for i, y in [(1, 1), (1, 2), (2, 1), (2, 2)]] \
+        == [1.0, 0.0, 1.0, 0.0]
+    # scikit-learn breaks these ties the other way round (the higher class id first)
+    assert sk_topk(np.array([1]), tied[:1], 1) == 0.0 and sk_topk(np.array([2]), tied[:1], 1) == 1.0
 
 
 @given(scored(min_classes=3), CUTS)
 def test_topk_one_hot_labels_and_class_ids(data, cuts):
     scores, labels = data
     one_hot = np.eye(scores.shape[1])[labels]
-    assert feed(Topk(1), split(cuts, scores, one_hot)) == sk_topk(labels, scores, 1)
+    assert feed(Topk(1), split(cuts, scores, one_hot)) == stable_topk(labels, scores, 1)
     # class-id preds (k = 1) are compared as they are
     ids = scores.argmax(1)
     assert feed(Topk(1), split(cuts, ids, labels)) == accuracy_score(labels, ids)
 
 
 def test_topk_seeded_large():
+    # continuous scores: no ties, so scikit-learn's tie rule does not matter and it is the reference as it is
     rng = np.random.default_rng(1978)
     scores = rng.normal(size=(5000, 100)).astype(np.float32)
     labels = rng.integers(0, 100, 5000)

@@ -89,11 +89,38 @@ def check_trials(tuner, model, data, reference):
         assert trial.accuracy == pytest.approx(reference(*outputs(q, data)), rel=1e-12, abs=1e-15)
 
 
+def argmax_accuracy(scores, labels):
+    """Top-1 accuracy by hand: numpy's argmax, the first maximum."""
+    return float(np.mean(scores.argmax(1) == labels))
+
+
 def test_tuner_run_with_topk(tmp_path):
     tuner, model, data, q_model = tune({"topk": 1}, tmp_path)
-    check_trials(tuner, model, data, lambda s, y: top_k_accuracy_score(y, s, k=1, labels=np.arange(s.shape[1])))
+    check_trials(tuner, model, data, argmax_accuracy)
     assert tuner.history.metric_higher_is_better is True
     assert any(t.meets for t in tuner.history.trials) == (q_model is not None)
+
+
+def test_tuner_topk_1_equals_argmax_on_tied_int8_scores(tmp_path):
+    """Classes 0 and 3 get the same last-layer column, so the toy's integer INT8 kernel scores them exactly
+    alike on every row: inside tune, topk: 1 must still be the by-hand argmax (the lower class id wins)."""
+    original = toy.make_model(n_layers=4, seed=3)
+    data = toy.make_dataset(original)  # labels from the untied model: classes 0 and 3 both occur
+    model = toy.make_model(n_layers=4, seed=3)
+    last = model.layers[-1]
+    last.W[:, 3], last.b[3] = last.W[:, 0], last.b[0]
+    tuner = ilit.Tuner(conf({"topk": 1}, tmp_path, relative=0.5))
+    tuner.tune(model, data, eval_dataloader=data)
+    check_trials(tuner, model, data, argmax_accuracy)
+    tied_and_decisive, sklearn_differs = 0, 0
+    for trial in tuner.history.trials:
+        scores, labels = outputs(tuner.adaptor.quantize(trial.tune_cfg, model, data), data)
+        top = scores.max(1)
+        tied = (scores[:, 0] == top) & (scores[:, 3] == top)
+        tied_and_decisive += int(np.count_nonzero(tied & np.isin(labels, [0, 3])))
+        # scikit-learn's rule (the higher class id wins a tie), which topk followed before, scores them differently
+        sklearn_differs += trial.accuracy != top_k_accuracy_score(labels, scores, k=1, labels=np.arange(4))
+    assert tied_and_decisive > 0 and sklearn_differs > 0, "no decisive INT8 tie: the test would not test the rule"
 
 
 def test_tuner_run_with_lower_is_better_loss(tmp_path):

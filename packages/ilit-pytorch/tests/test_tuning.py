@@ -40,6 +40,39 @@ def test_basic_strategy_tunes_the_digits_cnn_to_int8(trained_cnn, digits, tmp_pa
     assert torch.equal(best(digits[1][0][0]), q(digits[1][0][0]))
 
 
+class PairTiedNet(torch.nn.Module):
+    """The digits CNN with each class score replaced by max(its own, the previous class's): on every row the top
+    class ties exactly with the next one (in FP32 and INT8 alike, on any CPU), so the tie rule decides top-1."""
+
+    def __init__(self, cnn: torch.nn.Module) -> None:
+        super().__init__()
+        self.cnn = cnn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.cnn(x)
+        return torch.maximum(z, torch.roll(z, 1, dims=1))
+
+
+def test_topk_1_inside_tune_equals_a_by_hand_argmax_on_tied_int8_logits(trained_cnn, digits, tmp_path):
+    import copy
+
+    model = PairTiedNet(copy.deepcopy(trained_cnn)).eval()
+    tuner = ilit.Tuner(_config(tmp_path, accuracy_criterion={"relative": 0.5}, max_trials=1))
+    q = tuner.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1])
+    assert q is not None and any(isinstance(m, torch.ao.nn.quantized.Linear) for m in q.modules())
+    labels = torch.cat([y for _, y in digits[1]])
+    for net, reported in ((model, tuner.baseline_accuracy), (q, tuner.best_trial.accuracy)):
+        with torch.no_grad():
+            scores = torch.cat([net(x) for x, _ in digits[1]])
+        top = scores.max(1, keepdim=True).values
+        assert bool(((scores == top).sum(1) >= 2).all())  # every row ties at the top
+        by_hand = int((scores.argmax(1) == labels).sum()) / len(labels)  # torch's argmax: the first maximum
+        assert reported == by_hand
+        # the rule matters here: ranking the higher class id first among ties would score far lower
+        last_max = scores.shape[1] - 1 - scores.flip(1).argmax(1)
+        assert int((last_max == labels).sum()) / len(labels) < by_hand - 0.5
+
+
 def test_basic_strategy_falls_back_ops_when_model_wise_configs_miss(trained_cnn, digits, tmp_path):
     # the score is minus the distance to the fp32 logits and no loss is allowed: only fp32 meets the goal,
     # so every model-wise config misses and the op-wise fallback phase runs

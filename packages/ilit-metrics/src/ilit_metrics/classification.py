@@ -29,9 +29,12 @@ class Topk(Metric):
 
     ``preds`` are scores (any monotone scale: logits, probabilities) of shape (N, C), or, for
     ``k == 1`` only, predicted class ids of shape (N,). ``labels`` are class ids (N,) or one-hot
-    (N, C). Equal to ``sklearn.metrics.top_k_accuracy_score(labels, preds, k=k,
-    labels=range(C))``, including its tie rule: among equal scores the higher class id ranks first.
-    k may equal C (every sample is then a hit) but not exceed it. Keeps two counts.
+    (N, C). Tie rule: a stable ranking, so among equal scores the LOWER class id ranks first; with
+    ``k == 1`` a sample is a hit exactly when ``numpy.argmax`` (the first maximum) is its label, which
+    is what users compute by hand. INT8 logits tie often, so this matters. Without ties it equals
+    ``sklearn.metrics.top_k_accuracy_score(labels, preds, k=k, labels=range(C))`` (whose tie rule is the
+    opposite: the higher class id first). k may equal C (every sample is then a hit) but not exceed
+    it. Keeps two counts.
 
     YAML: ``metric: {topk: 5}``.
     """
@@ -60,8 +63,8 @@ class Topk(Metric):
                 return
             rows = np.arange(n)
             s_true = p[rows, y][:, None]
-            # classes ranked ahead of the label: higher score, or equal score and higher class id
-            ahead = (p > s_true) | ((p == s_true) & (np.arange(c)[None, :] > y[:, None]))
+            # classes ranked ahead of the label in a stable ranking: higher score, or equal score and lower class id
+            ahead = (p > s_true) | ((p == s_true) & (np.arange(c)[None, :] < y[:, None]))
             hits = int(np.count_nonzero(ahead.sum(axis=1) < self.k))
         elif p.ndim == 1:
             if self.k != 1:
@@ -88,9 +91,9 @@ class Accuracy(Metric):
     """Classification accuracy: the fraction of samples whose predicted class equals the label.
 
     ``preds`` are class ids (N,) or scores (N, C), reduced by argmax (the first maximum, as
-    ``numpy.argmax``); ``labels`` are class ids (N,) or one-hot (N, C). Equal to
-    ``sklearn.metrics.accuracy_score(labels, argmax(preds))``. (``topk: 1`` differs only on tied
-    scores, where it follows scikit-learn's top-k rule instead.) Keeps two counts.
+    ``numpy.argmax``: the lower class id wins a tie); ``labels`` are class ids (N,) or one-hot (N, C).
+    Equal to ``sklearn.metrics.accuracy_score(labels, argmax(preds))`` and to ``topk: 1``, also on
+    tied scores. Keeps two counts.
 
     YAML: ``metric: accuracy``.
     """
@@ -128,7 +131,8 @@ class F1(Metric):
       - ``micro``: F1 of the pooled counts (equal to accuracy for single-label data);
       - ``weighted``: the per-class F1 averaged with the classes' label counts as weights.
     A class with no true and no predicted sample scores 0 (scikit-learn's ``zero_division``
-    default). ``preds`` and ``labels`` are as for ``accuracy``. Keeps three counts per class.
+    default). ``preds`` and ``labels`` are as for ``accuracy`` (scores reduced by the first maximum,
+    so the lower class id wins a tie). Keeps three counts per class.
 
     YAML: ``metric: f1`` or ``metric: {f1: {average: macro}}``.
     """
