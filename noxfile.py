@@ -8,7 +8,7 @@ disk that only pip finds.
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["core", "metrics", "pytorch", "tensorflow", "mxnet", "demo"]
+nox.options.sessions = ["core", "metrics", "pytorch", "tensorflow", "mxnet", "demo", "tensorflow_demo", "mxnet_demo"]
 nox.options.reuse_existing_virtualenvs = False
 
 CORE = "./packages/ilit-core"
@@ -74,7 +74,25 @@ def mxnet(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: train a small CNN on scikit-learn's digits, tune it to INT8 with ilit, print the results."""
+    """The main job: train a small CNN on scikit-learn's digits, tune it to INT8 with ilit, print the results and
+    write the run's report (HTML with charts: ilit-core[report] brings matplotlib)."""
     session.install(TORCH)
-    session.install(CORE, METRICS, "./packages/ilit-pytorch[torch]", "scikit-learn")
+    session.install(f"{CORE}[report]", METRICS, "./packages/ilit-pytorch[torch]", "scikit-learn")
     session.run("python", "examples/pytorch_digits_demo.py", *session.posargs)
+
+
+@nox.session
+def tensorflow_demo(session: nox.Session) -> None:
+    """The demo with TensorFlow: a Keras CNN on digits tuned to TFLite INT8, the same result table and a report."""
+    session.install(*TENSORFLOW)
+    session.install(f"{CORE}[report]", METRICS, "./packages/ilit-tensorflow[tensorflow]", "scikit-learn")
+    session.run("python", "examples/tensorflow_digits_demo.py", *session.posargs)
+
+
+@nox.session
+def mxnet_demo(session: nox.Session) -> None:
+    """The demo with MXNet: a Gluon CNN on digits tuned to oneDNN INT8, the same result table and a report."""
+    session.install(*MXNET)
+    session.install(f"{CORE}[report]", METRICS, "./packages/ilit-mxnet[mxnet]", "scikit-learn<1.4", *MXNET)
+    session.run("python", "-c", "import numpy, mxnet; assert numpy.__version__ == '1.23.5', numpy.__version__")
+    session.run("python", "examples/mxnet_digits_demo.py", *session.posargs)

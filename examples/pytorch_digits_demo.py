@@ -2,7 +2,8 @@
 
 Run it with ``nox -s demo`` (or ``python examples/pytorch_digits_demo.py`` where ilit-core, ilit-metrics,
 ilit-pytorch, torch and scikit-learn are installed). Nothing is downloaded: the digits ship with
-scikit-learn. It prints the FP32 and INT8 accuracy, latency and saved size, and the number of trials.
+scikit-learn. It prints the FP32 and INT8 accuracy, latency and saved size, and the number of trials, and ends
+by writing a report of the run (``report/report.html`` in the workspace) and printing its path.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def main() -> None:
           f"/{len(best.tune_cfg['ops'])} ops INT8); tuning took {t_tune:.1f}s, all in {time.perf_counter() - t0:.1f}s")
     print(f"  accuracy goal: relative loss <= 1% -> {'met' if best.meets else 'NOT met'}; "
           f"INT8 model saved in {os.path.join(args.workspace, 'best_model')}")
+
+    from ilit.report import write_report  # HTML with charts (pip install 'ilit-core[report]'), else Markdown
+
+    print(f"report: {write_report(args.workspace)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""The status line: what it says (trial of max, batches, time left by hand), where it goes, and when it is off."""
+
+import io
+import logging
+
+import pytest
+
+from ilit.progress import ENV, Progress, ProgressHandler, enabled
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def last_line(stream):
+    return stream.getvalue().rsplit("\r\x1b[K", 1)[-1]
+
+
+@pytest.fixture(autouse=True)
+def no_env(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+
+
+def test_status_counts_trials_batches_and_bounds_the_time_left():
+    s, clock = Tty(), Clock()
+    p = Progress(s, max_trials=10, timeout=0, clock=clock)
+    for _ in p.batches([1, 2, 3], "evaluate"):
+        clock.t += 0.5
+    assert last_line(s) == "[ilit] FP32 baseline | evaluate 3/3 | 0:01 elapsed"
+    p.set_phase("objective")
+    assert last_line(s) == "[ilit] FP32 baseline | objective | 0:02 elapsed"
+    clock.t += 2.5
+    p.start_trial(1)
+    for _ in p.batches([1, 2, 3, 4, 5], "calibrate", limit=3):
+        clock.t += 1
+    assert "trial 1/10 | calibrate 3/3" in last_line(s)  # the extra batch is not shown past the limit
+    data = []
+    for batch in p.batches([1, 2], "evaluate"):
+        data.append(batch)
+        clock.t += 0.5
+    assert data == [1, 2] and "evaluate 2/2" in last_line(s)
+    p.end_trial(6.0)  # the 1st trial took 6 s: 9 trials at most are left, 54 s at most
+    p.start_trial(2)
+    assert last_line(s) == "[ilit] trial 2/10 | quantize | 0:10 elapsed | at most 0:54 left"
+
+
+def test_timeout_bounds_the_time_left_when_it_is_sooner():
+    s, clock = Tty(), Clock()
+    p = Progress(s, max_trials=100, timeout=60, clock=clock)
+    clock.t += 20
+    p.start_trial(1)
+    assert last_line(s).endswith("0:20 elapsed | at most 0:40 left")
+    p.end_trial(10.0)
+    clock.t += 15
+    p.start_trial(2)  # trials bound 99 x 10 s, the timeout 25 s
+    assert last_line(s).endswith("0:35 elapsed | at most 0:25 left")
+
+
+def test_nothing_is_drawn_off_a_terminal_or_when_turned_off(monkeypatch):
+    plain = io.StringIO()
+    p = Progress(plain, 5, 0)
+    p.start_trial(1)
+    assert list(p.batches([1, 2], "evaluate")) == [1, 2]
+    assert plain.getvalue() == "" and not enabled(plain)
+    monkeypatch.setenv(ENV, "0")
+    tty = Tty()
+    p = Progress(tty, 5, 0)
+    loader = [1, 2]
+    assert p.batches(loader, "evaluate") is loader  # the loader itself: nothing wraps it
+    p.start_trial(1)
+    assert tty.getvalue() == "" and not enabled(tty)
+
+
+def test_log_lines_clear_the_status_line_first_and_it_comes_back():
+    s = Tty()
+    log = logging.getLogger("ilit.test_progress")
+    log.propagate = False
+    handler = ProgressHandler(s)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    try:
+        p = Progress(s, 5, 0)
+        handler.progress = p
+        p.start_trial(1)
+        list(p.batches([1, 2, 3], "evaluate"))
+        log.warning("a log line")
+        out = s.getvalue()
+        before, after = out.split("a log line\n")
+        assert before.endswith("\r\x1b[K")  # the status was erased, so the log line starts clean
+        assert after.startswith("\r\x1b[K[ilit] trial 1/5 | evaluate 3/3")  # and redrawn below it
+        p.close()
+        assert s.getvalue().endswith("\r\x1b[K")
+        log.warning("after close")
+        assert s.getvalue().endswith("after close\n")
+    finally:
+        log.removeHandler(handler)
+
+
+def test_counted_loader_is_re_iterable_and_passes_attributes_through():
+    class Loader(list):
+        batch_size = 7
+
+    p = Progress(Tty(), 5, 0)
+    c = p.batches(Loader([1, 2, 3]), "evaluate")
+    assert list(c) == [1, 2, 3] and list(c) == [1, 2, 3] and len(c) == 3 and c.batch_size == 7
+    import copy
+
+    assert list(copy.copy(c)) == [1, 2, 3]
+
+
+def test_a_broken_terminal_turns_the_status_off_instead_of_failing():
+    class Broken(Tty):
+        def write(self, text):
+            raise OSError("terminal gone")
+
+    p = Progress(Broken(), 5, 0)
+    p.start_trial(1)  # no exception
+    assert not p.active
