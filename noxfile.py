@@ -8,7 +8,8 @@ disk that only pip finds.
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["core", "metrics", "pytorch", "tensorflow", "mxnet", "demo", "tensorflow_demo", "mxnet_demo"]
+nox.options.sessions = ["lint", "core", "metrics", "pytorch", "tensorflow", "mxnet", "demo", "tensorflow_demo",
+                        "mxnet_demo"]
 nox.options.reuse_existing_virtualenvs = False
 
 CORE = "./packages/ilit-core"
@@ -16,6 +17,7 @@ METRICS = "./packages/ilit-metrics"
 TOY = "./packages/ilit-core/tests/toy_plugin"
 
 TORCH = "torch==2.13.0"
+LINT = ("ruff==0.17.6", "mypy==2.4.1", "types-PyYAML", "numpy")
 TENSORFLOW = ("tensorflow-cpu==2.21.0", "ai-edge-litert")
 MXNET = ("mxnet==1.9.1", "numpy==1.23.5", "scipy==1.10.1")
 
@@ -23,6 +25,15 @@ MXNET = ("mxnet==1.9.1", "numpy==1.23.5", "scipy==1.10.1")
 def pytest(session: nox.Session, path: str, *extra: str) -> None:
     """Run pytest; its exit code 5 (no tests collected) fails the session like any other failure."""
     session.run("python", "-m", "pytest", path, "-q", "-p", "no:cacheprovider", *extra, *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (ruff.toml) over every Python file and mypy (mypy.ini) over every package's sources, with one
+    config each at the repo root; no framework is installed, so framework objects are typed as Any."""
+    session.install(*LINT)
+    session.run("ruff", "check", ".")
+    session.run("mypy")
 
 
 @nox.session

@@ -184,7 +184,8 @@ def bare_quantize(model: nn.Module, tune_cfg: Dict[str, Any], calib: List[Tuple[
     return convert_fx(prepared)
 
 
-def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]], tune_kwargs: Callable[[str], Dict[str, Any]],
+def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]],
+                    tune_kwargs: Callable[[str], Dict[str, Any]],
                     evaluate: Callable[[nn.Module], float], config: Callable[[str], Dict[str, Any]], workspace: str,
                     repeats: int) -> Tuple[Dict[str, float], Any, nn.Module]:
     """Tuner.tune wall time against the bare calls for the configs it tried; the better of ``repeats`` runs.
@@ -266,7 +267,8 @@ def main() -> None:
     r_cos = {"ilit": r_cosine(r_int8), "hand": r_cosine(r_hand)}
     for batch, runs in ((1, args.runs_b1), (16, args.runs_b16)):
         x = torch.randn(batch, 3, 224, 224, generator=g)
-        rows.append(("ResNet-18 3x224x224", batch, interleaved_ms({"fp32": net, "ilit": r_int8, "hand": r_hand}, x, runs)))
+        timed = interleaved_ms({"fp32": net, "ilit": r_int8, "hand": r_hand}, x, runs)
+        rows.append(("ResNet-18 3x224x224", batch, timed))
     r_size = (saved_size(net, tuner.adaptor), saved_size(r_int8, tuner.adaptor))
 
     # --- the demo's digits CNN: accuracy, latency, and tuning overhead over every model-wise config
@@ -282,9 +284,11 @@ def main() -> None:
     # --- the table
     load = os.getloadavg()
     print()
-    print(f"ilit-pytorch speedup benchmark: torch {torch.__version__}, {THREADS} threads, {platform.processor() or platform.machine()}, "
+    print(f"ilit-pytorch speedup benchmark: torch {torch.__version__}, {THREADS} threads, "
+          f"{platform.processor() or platform.machine()}, "
           f"engine {torch.backends.quantized.engine}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    head = f"{'model':22}{'batch':>6}{'FP32 ms':>10}{'ilit INT8 ms':>14}{'by-hand ms':>12}{'FP32/ilit':>11}{'by-hand/ilit':>14}"
+    head = (f"{'model':22}{'batch':>6}{'FP32 ms':>10}{'ilit INT8 ms':>14}{'by-hand ms':>12}{'FP32/ilit':>11}"
+            f"{'by-hand/ilit':>14}")
     print(head)
     print("-" * len(head))
     for name, batch, l in rows:
@@ -292,25 +296,32 @@ def main() -> None:
               f"{l['fp32'] / l['ilit']:>10.2f}x{l['hand'] / l['ilit']:>13.2f}x")
     print()
     rel = (acc["fp32"] - acc["ilit"]) / acc["fp32"]
-    print(f"digits top-1 ({sum(len(y) for _, y in test_data)} test images): FP32 {acc['fp32']:.4f}, ilit INT8 {acc['ilit']:.4f} "
+    print(f"digits top-1 ({sum(len(y) for _, y in test_data)} test images): FP32 {acc['fp32']:.4f}, "
+          f"ilit INT8 {acc['ilit']:.4f} "
           f"(relative loss {100 * rel:+.2f}%), by-hand INT8 {acc['hand']:.4f}")
-    print(f"ResNet-18 logits cosine to FP32 (16 images): ilit INT8 {r_cos['ilit']:.4f}, by-hand INT8 {r_cos['hand']:.4f}; "
+    print(f"ResNet-18 logits cosine to FP32 (16 images): ilit INT8 {r_cos['ilit']:.4f}, "
+          f"by-hand INT8 {r_cos['hand']:.4f}; "
           f"saved size {r_size[0] / 1e6:.1f} MB -> {r_size[1] / 1e6:.1f} MB ({r_size[1] / r_size[0]:.3f}x)")
-    print("tuning wall time vs the bare calls (torch prepare/calibrate/convert + an evaluation loop) for the same configs,")
-    print("plus the FP32 evaluation; ilit also times every passing model (performance objective) and saves each new best:")
+    print("tuning wall time vs the bare calls (torch prepare/calibrate/convert + an evaluation loop) for the same "
+          "configs,")
+    print("plus the FP32 evaluation; ilit also times every passing model (performance objective) and saves each new "
+          "best:")
     print(f"{'':22}{'trials':>7}{'Tuner.tune s':>14}{'bare s':>8}{'overhead':>10}{'objective s':>13}{'saves s':>9}"
           f"{'overhead w/o objective+saves':>30}")
     for name, o in (("ResNet-18 (best of 2)", r_ovh), ("DigitsCNN (best of 2)", d_ovh)):
-        print(f"{name:22}{o['trials']:>7}{o['tune']:>14.2f}{o['bare']:>8.2f}{100 * o['overhead']:>9.1f}%{o['objective']:>13.2f}"
+        print(f"{name:22}{o['trials']:>7}{o['tune']:>14.2f}{o['bare']:>8.2f}{100 * o['overhead']:>9.1f}%"
+              f"{o['objective']:>13.2f}"
               f"{o['saves']:>9.2f}{100 * o['overhead_core']:>29.1f}%")
     b1 = next(l for n, b, l in rows if b == 1)
     b16 = next(l for n, b, l in rows if b == 16)
     checks = [
-        ("INT8 >= 2.5x FP32 (ResNet-18, batch 1 and 16)", min(b1["fp32"] / b1["ilit"], b16["fp32"] / b16["ilit"]) >= 2.5),
+        ("INT8 >= 2.5x FP32 (ResNet-18, batch 1 and 16)",
+         min(b1["fp32"] / b1["ilit"], b16["fp32"] / b16["ilit"]) >= 2.5),
         ("ilit INT8 at least as fast as by hand (ResNet-18, within 5% timing noise)",
          max(b1["ilit"] / b1["hand"], b16["ilit"] / b16["hand"]) <= 1.05),
         ("relative accuracy loss <= 1% (digits)", rel <= 0.01),
-        ("tuning overhead <= 10% (all of Tuner.tune, ResNet-18 and digits)", max(r_ovh["overhead"], d_ovh["overhead"]) <= 0.10),
+        ("tuning overhead <= 10% (all of Tuner.tune, ResNet-18 and digits)",
+         max(r_ovh["overhead"], d_ovh["overhead"]) <= 0.10),
         ("tuning overhead <= 10% besides timing and saving models (ResNet-18 and digits)",
          max(r_ovh["overhead_core"], d_ovh["overhead_core"]) <= 0.10),
     ]

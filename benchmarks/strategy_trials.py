@@ -232,7 +232,8 @@ REAL = {  # framework name: (plugin module, model builder, activation dtype its 
 }
 
 
-def real_conf(fw: str, act_dtype: str, strategy: str, workspace: str, relative: float, max_trials: int) -> Dict[str, Any]:
+def real_conf(fw: str, act_dtype: str, strategy: str, workspace: str, relative: float,
+              max_trials: int) -> Dict[str, Any]:
     return {
         "framework": {"name": fw},
         "calibration": {"iterations": [4], "algorithm": {"activation": "minmax"}},

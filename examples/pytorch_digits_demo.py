@@ -146,7 +146,8 @@ def main() -> None:
     print(f"  {'top-1 accuracy':26}{base_acc:>12.4f}{int8_acc:>12.4f}{int8_acc / base_acc:>10.4f}")
     print(f"  {f'latency, batch {batch} (ms)':26}{base_ms:>12.3f}{int8_ms:>12.3f}{base_ms / int8_ms:>9.2f}x")
     print(f"  {'saved size (kB)':26}{fp32_size / 1e3:>12.1f}{int8_size / 1e3:>12.1f}{int8_size / fp32_size:>10.3f}")
-    print(f"  trials: {len(tuner.history.trials)} (best: trial {best.trial}: {best.tune_cfg['calibration']['iterations']} "
+    print(f"  trials: {len(tuner.history.trials)} (best: trial {best.trial}: "
+          f"{best.tune_cfg['calibration']['iterations']} "
           f"calibration batches, {sum(1 for o in best.tune_cfg['ops'].values() if o['activation']['dtype'] != 'fp32')}"
           f"/{len(best.tune_cfg['ops'])} ops INT8); tuning took {t_tune:.1f}s, all in {time.perf_counter() - t0:.1f}s")
     print(f"  accuracy goal: relative loss <= 1% -> {'met' if best.meets else 'NOT met'}; "

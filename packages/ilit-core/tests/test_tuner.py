@@ -184,7 +184,8 @@ def test_errors_for_missing_evaluation(easy_toy, conf):
     with pytest.raises(ilit.ConfigError, match=r"^tuning.metric: an eval_dataloader needs a metric"):
         ilit.Tuner(c).tune(model, data, eval_dataloader=data)
     with pytest.raises(ilit.ConfigError, match=r"^tuning.metric.toy_accuracy: the toy_accuracy metric does not take"):
-        ilit.Tuner(conf(tuning={**conf()["tuning"], "metric": {"toy_accuracy": 5}})).tune(model, data, eval_dataloader=data)
+        ilit.Tuner(conf(tuning={**conf()["tuning"], "metric": {"toy_accuracy": 5}})).tune(model, data,
+                                                                                          eval_dataloader=data)
 
 
 def test_unknown_framework_name(easy_toy, conf):

@@ -403,6 +403,7 @@ def test_a_torchscript_module_without_framework_name_is_explained_without_loadin
     scripted = torch.jit.script(copy.deepcopy(trained_cnn).eval())
     conf = _conf(tmp_path, max_trials=1)
     del conf["framework"]
-    with pytest.raises(ilit.ConfigError, match="belongs to the pytorch adaptor, which does not take it .*scripted from"):
+    with pytest.raises(ilit.ConfigError,
+                       match="belongs to the pytorch adaptor, which does not take it .*scripted from"):
         ilit.Tuner(conf).tune(scripted, q_dataloader=digits[0], eval_func=lambda m: 1.0)
     assert "tensorflow" not in sys.modules and "mxnet" not in sys.modules

@@ -45,8 +45,10 @@ def test_int8_model_runs_real_quantized_kernels(trained_cnn, digits):
 
 def test_weight_granularity_changes_the_converted_weights(trained_cnn, digits):
     adaptor = make_adaptor()
-    pc = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, weight={"granularity": "per_channel"}), trained_cnn, digits[0])
-    pt = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, weight={"granularity": "per_tensor"}), trained_cnn, digits[0])
+    per_channel = uniform_cfg(adaptor, trained_cnn, weight={"granularity": "per_channel"})
+    per_tensor = uniform_cfg(adaptor, trained_cnn, weight={"granularity": "per_tensor"})
+    pc = adaptor.quantize(per_channel, trained_cnn, digits[0])
+    pt = adaptor.quantize(per_tensor, trained_cnn, digits[0])
     assert _qconv(pc, "features.0").weight().qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
     assert _qconv(pt, "features.0").weight().qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric)
 
@@ -61,7 +63,8 @@ def test_weight_scheme_changes_zero_points(trained_cnn, digits):
                                 trained_cnn, digits[0])
         for name in ("features.0", "features.3", "fc1"):
             assert torch.all(zps(_qconv(sym, name).weight()) == 0), (gran, name)
-        assert any(torch.any(zps(_qconv(asym, name).weight()) != 0) for name in ("features.0", "features.3", "fc1")), gran
+        layers = ("features.0", "features.3", "fc1")
+        assert any(torch.any(zps(_qconv(asym, name).weight()) != 0) for name in layers), gran
 
 
 def test_activation_scheme_changes_output_zero_point(trained_cnn, digits):

@@ -175,6 +175,11 @@ def _custom_op_model(content: bytes) -> bytes:
     return fb.write(m)
 
 
+def _json_with(j: str, extra: dict) -> bytes:
+    """The saved metadata ``j`` with ``extra``'s keys set on top."""
+    return json.dumps({**json.loads(j), **extra}).encode()
+
+
 BAD_FILES = {
     # case: (file that is replaced, how its content is made from the good model bytes / JSON text and the marker)
     "pickle_as_model.tflite": ("model.tflite", lambda c, j, mk: malicious_pickle(mk)),
@@ -189,10 +194,11 @@ BAD_FILES = {
     "custom_op": ("model.tflite", lambda c, j, mk: _custom_op_model(c)),
     "json_not_utf8": ("ilit_tensorflow.json", lambda c, j, mk: b"\xff\xfe{}"),
     "json_a_list": ("ilit_tensorflow.json", lambda c, j, mk: b"[1, 2]"),
-    "json_unknown_key": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "py/object": "os.system"}).encode()),
-    "json_op_index_not_ints": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "op_index": {"conv": "0"}}).encode()),
-    "json_op_index_out_of_range": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "op_index": {"conv": 10_000}}).encode()),
-    "json_tune_cfg_a_string": ("ilit_tensorflow.json", lambda c, j, mk: json.dumps({**json.loads(j), "tune_cfg": "x"}).encode()),
+    "json_unknown_key": ("ilit_tensorflow.json", lambda c, j, mk: _json_with(j, {"py/object": "os.system"})),
+    "json_op_index_not_ints": ("ilit_tensorflow.json", lambda c, j, mk: _json_with(j, {"op_index": {"conv": "0"}})),
+    "json_op_index_out_of_range": ("ilit_tensorflow.json",
+                                   lambda c, j, mk: _json_with(j, {"op_index": {"conv": 10_000}})),
+    "json_tune_cfg_a_string": ("ilit_tensorflow.json", lambda c, j, mk: _json_with(j, {"tune_cfg": "x"})),
 }
 
 
@@ -283,7 +289,8 @@ def test_tuning_leaves_the_keras_model_as_it_was(usage, bn_dropout_model, calib_
     calls = []
     for name in ("compile", "fit", "train_on_batch", "evaluate", "predict"):
         real = getattr(keras.Model, name)
-        monkeypatch.setattr(keras.Model, name, lambda self, *a, _n=name, _r=real, **k: calls.append(_n) or _r(self, *a, **k))
+        monkeypatch.setattr(keras.Model, name,
+                            lambda self, *a, _n=name, _r=real, **k: calls.append(_n) or _r(self, *a, **k))
     before = model_state(model)
     paths = [p for p, *_ in before["variables"]]
     assert "bn/moving_mean" in paths and "bn/moving_variance" in paths and any("seed_generator" in p for p in paths)

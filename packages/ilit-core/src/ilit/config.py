@@ -356,7 +356,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     _check_keys(q, "quantization", ("approach", "weight", "activation"))
     approach = q.get("approach", "post_training_static_quant")
     if approach not in APPROACHES:
-        raise ConfigError("quantization.approach", f"{_short(approach)} is not valid; expected one of {list(APPROACHES)}")
+        raise ConfigError("quantization.approach",
+                          f"{_short(approach)} is not valid; expected one of {list(APPROACHES)}")
     weight = _tensor(q.get("weight"), "quantization.weight")
     act = _tensor(q.get("activation"), "quantization.activation")
     for tensor, cal_algo, where in ((weight, calibration.weight_algorithm, "weight"),
@@ -389,7 +390,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         raise ConfigError("tuning.strategy", f"expected a strategy name such as 'basic', got {_short(strategy)}")
     objective = t.get("objective", "performance")
     if not isinstance(objective, str):
-        raise ConfigError("tuning.objective", f"expected one of {list(OBJECTIVES_BUILTIN)} or a plugin name, got {_short(objective)}")
+        raise ConfigError("tuning.objective",
+                          f"expected one of {list(OBJECTIVES_BUILTIN)} or a plugin name, got {_short(objective)}")
     ws = _mapping(t.get("workspace"), "tuning.workspace")
     _check_keys(ws, "tuning.workspace", ("path",))
     ws_path = ws.get("path", "./ilit_workspace")
@@ -441,7 +443,8 @@ def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError("", f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); is it a YAML file?") from None
+        raise ConfigError("", f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "is it a YAML file?") from None
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror or exc}") from None
     except RecursionError:

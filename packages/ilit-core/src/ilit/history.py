@@ -150,7 +150,8 @@ def _checked(data: Any, path: str) -> Dict[str, Any]:
         if t["fingerprint"] != cfg_fingerprint(t["tune_cfg"]):
             raise ResumeError(f"resume_file {path!r}: trials[{i}] does not match its fingerprint; the file was "
                               "edited or damaged, so it cannot be trusted for resume")
-        values = {k: (math.nan if k in ("accuracy", "objective") and t[k] is None else t[k]) for k in _TRIAL}
+        values: Dict[str, Any] = {k: (math.nan if k in ("accuracy", "objective") and t[k] is None else t[k])
+                                  for k in _TRIAL}
         trials.append(Trial(**values))
     numbers = [t.trial for t in trials]
     if numbers != list(range(1, len(trials) + 1)):

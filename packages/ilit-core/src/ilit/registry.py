@@ -62,7 +62,9 @@ def install_hint(kind: str, name: str) -> str:
 
 
 def require(kind: str, name: str) -> None:
-    """Raise :class:`ilit.PluginNotFoundError` unless a plugin ``name`` of this kind is installed (nothing is imported)."""
+    """Raise :class:`ilit.PluginNotFoundError` unless a plugin ``name`` of this kind is installed.
+
+    Nothing is imported."""
     if name.lower() not in installed(kind):
         load(kind, name)
 
@@ -75,7 +77,8 @@ def load(kind: str, name: str) -> Any:
     if ep is None:
         listed = ", ".join(available) or "none"
         raise PluginNotFoundError(
-            CONFIG_KEYS[kind], f"no {kind} '{name}' is installed (installed: {listed}). Install it with: {install_hint(kind, name)}")
+            CONFIG_KEYS[kind],
+            f"no {kind} '{name}' is installed (installed: {listed}). Install it with: {install_hint(kind, name)}")
     try:
         return ep.load()
     except Exception as exc:  # noqa: BLE001 - reported with the plugin's own error

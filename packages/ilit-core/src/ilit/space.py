@@ -58,7 +58,8 @@ def _tensor_choices(cap: Mapping[str, Sequence[str]], *wanted: TensorQuantConfig
             narrowed = _intersect(vals, want)
             if want is not None and vals and not narrowed:
                 if strict:
-                    raise ConfigError(f"{path}.{fld}", f"none of {list(want)} is supported here; the framework supports {vals}")
+                    raise ConfigError(f"{path}.{fld}",
+                                      f"none of {list(want)} is supported here; the framework supports {vals}")
                 continue  # an op that cannot honour a global choice keeps its own, rather than silently going fp32
             vals = narrowed
         out[fld] = vals
@@ -90,7 +91,8 @@ class TuningSpace:
         approaches = list(capability.get("approaches", ["post_training_static_quant"]))
         approach = config.quantization.approach
         if approach not in approaches:
-            raise ConfigError("quantization.approach", f"{approach!r} is not supported by this adaptor; it supports {approaches}")
+            raise ConfigError("quantization.approach",
+                              f"{approach!r} is not supported by this adaptor; it supports {approaches}")
         op_wise = capability.get("op_wise")
         if not op_wise:
             raise ConfigError("", "the adaptor found no quantizable op in this model; nothing to tune")
@@ -110,8 +112,9 @@ class TuningSpace:
         g_weight = _tensor_choices(model_wise.get("weight", {}), qw, path="quantization.weight", strict=True)
         g_act = _tensor_choices(model_wise.get("activation", {}), qa, path="quantization.activation", strict=True)
         if not _combos(g_act):
-            raise ConfigError("quantization.activation", f"no quantized choice is left; the framework supports {dict(model_wise.get('activation', {}))}")
-        weight_combos = _combos(g_weight) or [None]
+            raise ConfigError("quantization.activation", "no quantized choice is left; the framework supports "
+                              f"{dict(model_wise.get('activation', {}))}")
+        weight_combos: List[Optional[Dict[str, str]]] = list(_combos(g_weight)) or [None]
         global_choices = [{"weight": w, "activation": a} if w else {"activation": a}
                           for w in weight_combos for a in _combos(g_act)]
 
@@ -183,6 +186,7 @@ class TuningSpace:
         fb = set(fallback)
         ops: Dict[str, Any] = {}
         for name, op_type in self.op_types.items():
+            body: Mapping[str, Any]
             if name in fb and self.can_fallback(name):
                 body = self.op_choices[name][-1]
             elif op_cfgs and name in op_cfgs:

@@ -79,4 +79,5 @@ class Strategy(ABC):
 
         if cls.requires_inspect_tensor and not adaptor.supports_inspect_tensor():
             raise ConfigError("tuning.strategy", f"this strategy needs inspect_tensor, which the "
-                              f"{adaptor.name or type(adaptor).__name__} adaptor does not implement; use 'basic' or 'bayesian'")
+                              f"{adaptor.name or type(adaptor).__name__} adaptor does not implement; "
+                              "use 'basic' or 'bayesian'")

@@ -187,13 +187,13 @@ class F1(Metric):
             tp, pred, true = self._counts.get(self.pos_label, (0, 0, 0))
             return 2.0 * tp / (true + pred) if true + pred else 0.0
         counts = np.array([self._counts[c] for c in classes], dtype=np.int64)
-        tp, pred, true = counts[:, 0], counts[:, 1], counts[:, 2]
+        tps, preds, trues = counts[:, 0], counts[:, 1], counts[:, 2]
         if self.average == "micro":
-            return float(2.0 * tp.sum() / (true.sum() + pred.sum()))
-        f1 = 2.0 * tp / (true + pred).astype(np.float64)  # every class seen has true + pred > 0
+            return float(2.0 * tps.sum() / (trues.sum() + preds.sum()))
+        f1 = 2.0 * tps / (trues + preds).astype(np.float64)  # every class seen has true + pred > 0
         if self.average == "macro":
             return float(np.mean(f1))
-        return float(np.average(f1, weights=true))
+        return float(np.average(f1, weights=trues))
 
 
 class Loss(Metric):

@@ -76,9 +76,9 @@ class FusedGraph:
         consumers: Dict[str, List[str]] = {}
         for n in nodes:
             for src, idx, *_ in n.get("inputs", []):
-                tensor = names.get((nodes[src]["name"], idx))
-                if tensor is not None:
-                    consumers.setdefault(tensor, []).append(n["name"])
+                consumed = names.get((nodes[src]["name"], idx))
+                if consumed is not None:
+                    consumers.setdefault(consumed, []).append(n["name"])
         ops = _quantizable_ops(fsym, nodes, param_names)
         return cls(fsym, list(data_names), ops, producer, consumers, outputs, tuple(param_names))
 

@@ -10,7 +10,8 @@ def require_torch():  # type: ignore[no-untyped-def]
     try:
         import torch
     except ImportError as exc:
-        raise ImportError(f"ilit-pytorch needs PyTorch, which is not installed. Install it with: {INSTALL_HINT}") from exc
+        raise ImportError(f"ilit-pytorch needs PyTorch, which is not installed. "
+                          f"Install it with: {INSTALL_HINT}") from exc
     major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     if (major, minor) < (2, 1):
         raise ImportError(f"ilit-pytorch needs torch>=2.1, found {torch.__version__}. Upgrade with: {INSTALL_HINT}")

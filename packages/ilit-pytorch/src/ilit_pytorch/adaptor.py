@@ -37,7 +37,8 @@ WEIGHT_CAPABILITY = {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
 ACTIVATION_CAPABILITY = {
     STATIC: {"dtype": ["uint8", "fp32"], "scheme": ["asym", "sym"], "granularity": ["per_tensor"],
              "algorithm": ["minmax", "kl", "percentile"]},
-    QAT: {"dtype": ["uint8", "fp32"], "scheme": ["asym", "sym"], "granularity": ["per_tensor"], "algorithm": ["minmax"]},
+    QAT: {"dtype": ["uint8", "fp32"], "scheme": ["asym", "sym"], "granularity": ["per_tensor"],
+          "algorithm": ["minmax"]},
     # dynamic: activations are quantized at run time from each batch's own range
     DYNAMIC: {"dtype": ["uint8", "fp32"], "scheme": ["asym"], "granularity": ["per_tensor"], "algorithm": ["minmax"]},
 }
@@ -109,7 +110,8 @@ class PyTorchAdaptor(Adaptor):
         if not self.accepts(model):  # tune() checks this first; this is for direct calls
             kind = f"{type(model).__module__}.{type(model).__qualname__}"
             reason = self.reject_reason(model)
-            raise TypeError(f"the pytorch adaptor takes a torch.nn.Module, not a {kind}{f' ({reason})' if reason else ''}")
+            why = f" ({reason})" if reason else ""
+            raise TypeError(f"the pytorch adaptor takes a torch.nn.Module, not a {kind}{why}")
         approach = self._approach()
         act = ACTIVATION_CAPABILITY[approach]
         ops: Dict[Tuple[str, str], Dict[str, Any]] = {}
@@ -283,7 +285,8 @@ class PyTorchAdaptor(Adaptor):
         fp32 = not getattr(model, "_ilit_quantized", False) and self._approach() != DYNAMIC
         if fp32:
             analysis = self.analysis(model, False)
-            node_to_op = {u.prefix: {op.out: op.name for op in u.ops.values() if op.name in wanted} for u in analysis.units}
+            node_to_op = {u.prefix: {op.out: op.name for op in u.ops.values() if op.name in wanted}
+                          for u in analysis.units}
 
             def make_callback(prefix: str) -> Callable[[str, Any], None]:
                 names = node_to_op.get(prefix, {})
@@ -317,7 +320,8 @@ class PyTorchAdaptor(Adaptor):
             for prefix, names in by_unit.items():
                 def record(node: str, value: Any, names: Dict[str, str] = names) -> None:
                     if node in names:
-                        current[names[node]] = (value.dequantize() if value.is_quantized else value).float().numpy().copy()
+                        real = value.dequantize() if value.is_quantized else value
+                        current[names[node]] = real.float().numpy().copy()
                 tap = Tap(get_submodule(model, prefix), record)
                 if prefix == "":
                     runner = tap

@@ -81,7 +81,8 @@ def select_engine() -> str:
             if torch.backends.quantized.engine != name:
                 torch.backends.quantized.engine = name
             return name
-    raise RuntimeError(f"this torch build has no x86 int8 engine (it has {engines}); ilit-pytorch needs an x86 CPU build")
+    raise RuntimeError(f"this torch build has no x86 int8 engine (it has {engines}); "
+                       "ilit-pytorch needs an x86 CPU build")
 
 
 @functools.lru_cache(maxsize=1)
@@ -127,7 +128,8 @@ def _weight(cfg: Optional[Mapping[str, str]], qat: bool) -> Callable[..., Any]:
     extra = {"ch_axis": 0} if per_channel else {}
     if qat:
         obs = MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver
-        return FakeQuantize.with_args(observer=obs, quant_min=lo, quant_max=hi, dtype=torch.qint8, qscheme=qscheme, **extra)
+        return FakeQuantize.with_args(observer=obs, quant_min=lo, quant_max=hi, dtype=torch.qint8, qscheme=qscheme,
+                                      **extra)
     obs = PerChannelMinMaxObserver if per_channel else MinMaxObserver
     return obs.with_args(dtype=torch.qint8, qscheme=qscheme, quant_min=lo, quant_max=hi, **extra)
 
@@ -156,7 +158,8 @@ def _share_patterns() -> frozenset:
     """Single-op patterns whose output shares the input's observer (pooling, relu, flatten, ...)."""
     out = set()
     for cfg in backend_config().configs:
-        if cfg.observation_type == ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT and not isinstance(cfg.pattern, tuple):
+        shares = cfg.observation_type == ObservationType.OUTPUT_SHARE_OBSERVER_WITH_INPUT
+        if shares and not isinstance(cfg.pattern, tuple):
             out.add(cfg.pattern)
     return frozenset(out)
 
@@ -229,7 +232,8 @@ def trace_and_fuse(module: nn.Module, is_qat: bool) -> Tuple[GraphModule, Dict[s
         ctx.__exit__(None, None, None)
 
 
-def prepare(module: nn.Module, entries: Iterable[Tuple[Any, ...]], example_inputs: Tuple[Any, ...], is_qat: bool) -> GraphModule:
+def prepare(module: nn.Module, entries: Iterable[Tuple[Any, ...]], example_inputs: Tuple[Any, ...],
+            is_qat: bool) -> GraphModule:
     """Insert observers (or fake-quants) per node. ``entries`` are ("name", module_name, qconfig) or
     ("order", module_path, object_type, index, qconfig); everything else stays fp32 (global qconfig None)."""
     mapping = QConfigMapping()

@@ -93,7 +93,8 @@ class Tap(nn.Module):
         return _TapInterpreter(self.gm, self._on_output).run(*bound.arguments.values())
 
 
-def tapped_model(model: nn.Module, analysis: Analysis, make_callback: Callable[[str], Callable[[str, torch.Tensor], None]]) -> nn.Module:
+def tapped_model(model: nn.Module, analysis: Analysis,
+                 make_callback: Callable[[str], Callable[[str, torch.Tensor], None]]) -> nn.Module:
     """A stand-in for ``model`` that runs its fused fp32 graph(s) through taps: the tapped graph itself
     when the model traced whole, else a copy of the model with each unit swapped for its tap."""
     work: nn.Module = copy.deepcopy(model).eval() if not analysis.traceable else None  # type: ignore[assignment]
@@ -188,7 +189,8 @@ def load_stats(prepared: Mapping[str, GraphModule], stats: Stats) -> bool:
         for obs, sources in groups.values():
             if all(s.op == "get_attr" for s in sources):  # a weight used functionally: observe it directly
                 for s in sources:
-                    obs(gm.get_parameter(s.target) if s.target in dict(gm.named_parameters()) else getattr(gm, s.target))
+                    is_param = s.target in dict(gm.named_parameters())
+                    obs(gm.get_parameter(s.target) if is_param else getattr(gm, s.target))
                 continue
             records = [unit_stats.get(s.name) for s in sources]
             if any(r is None for r in records) or not _load_one(obs, records):  # type: ignore[arg-type]

@@ -65,7 +65,8 @@ def _script(model: Any, example: Optional[Any]) -> "tuple[Optional[torch.jit.Scr
                 with eval_mode(model), torch.no_grad():
                     traced = torch.jit.trace(model, _as_args(example), check_trace=False, strict=False)
                 log.info("pytorch adaptor: %s does not compile with TorchScript (%s); saved a trace on an example "
-                         "batch instead: Python control flow is fixed to that batch's path", type(model).__name__, reason[:160])
+                         "batch instead: Python control flow is fixed to that batch's path", type(model).__name__,
+                         reason[:160])
                 return traced, "torchscript-trace"
             except Exception as exc:  # noqa: BLE001
                 reason = f"{type(exc).__name__}: {exc}"
@@ -94,9 +95,11 @@ def _refuse(file: str, what: str, exc: Optional[BaseException] = None) -> ModelF
     detail = ""
     if exc is not None:  # torch's messages run long (and suggest unsafe retries): keep the line that says why
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "Unsupported global" in ln or "Unknown type name" in ln), lines[0] if lines else "")
+        why = next((ln for ln in lines if "Unsupported global" in ln or "Unknown type name" in ln),
+                   lines[0] if lines else "")
         detail = f" ({type(exc).__name__}: {why.split('. ')[0].rstrip('.')[:200]})"
-    return ModelFileError(file, f"{file} is not {what} ilit-pytorch saved{detail}; it was refused and nothing in it was "
+    return ModelFileError(file, f"{file} is not {what} ilit-pytorch saved{detail}; it was refused and nothing in "
+                          "it was "
                           "run. Load only directories written by adaptor.save (such as the tuner's best_model) "
                           "from a source you trust; if it should be one, save the model again")
 

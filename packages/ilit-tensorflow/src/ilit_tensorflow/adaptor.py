@@ -213,7 +213,8 @@ class TensorFlowAdaptor(Adaptor):
         prep = self._prepare(model)
         unknown = [n for n in tune_cfg["ops"] if n not in prep.names]
         if unknown:
-            raise ValueError(f"tune_cfg names ops {unknown} that this model does not have; its ops are {list(prep.names)}")
+            raise ValueError(f"tune_cfg names ops {unknown} that this model does not have; "
+                             f"its ops are {list(prep.names)}")
         disable_pc, disable_dense_pc = _granularity_flags(tune_cfg, prep)
         fallback = [n for n, op in tune_cfg["ops"].items() if not is_quantized(op)]
         if approach == STATIC:
@@ -426,7 +427,8 @@ def _granularity_flags(tune_cfg: TuneCfg, prep: _Prepared) -> Tuple[bool, bool]:
     The converter offers per-channel or per-tensor weights for all conv-like ops together, and for
     all fully-connected ops together (per-tensor conv forces per-tensor FC); a mix it cannot build is an error.
     """
-    conv, dense = set(), set()
+    conv: Set[str] = set()
+    dense: Set[str] = set()
     for name, op_cfg in tune_cfg["ops"].items():
         w = op_cfg.get("weight", {})
         if not is_quantized(op_cfg) or w.get("dtype", "fp32") == "fp32":

@@ -246,7 +246,10 @@ class BayesianStrategy(Strategy):
             if fallen and (not quantized or rng.uniform() < 0.5):  # quantize several fallen ops at once
                 k = int(rng.integers(1, len(fallen) + 1))
                 for j in rng.choice(fallen, size=k, replace=False):
-                    v[j] = pref[j] if pref is not None and pref[j] != self._fp32[j] else (self._fp32[j] + 1) % self._sizes[j]
+                    if pref is not None and pref[j] != self._fp32[j]:
+                        v[j] = pref[j]
+                    else:
+                        v[j] = (self._fp32[j] + 1) % self._sizes[j]
             elif quantized:  # fall back several quantized ops at once
                 k = int(rng.integers(1, min(len(quantized), 4) + 1))
                 for j in rng.choice(quantized, size=k, replace=False):

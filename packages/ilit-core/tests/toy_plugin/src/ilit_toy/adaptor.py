@@ -133,7 +133,8 @@ class ToyAdaptor(Adaptor):
 
     def save(self, model: ToyModel, path: str) -> None:
         os.makedirs(path, exist_ok=True)
-        arrays, meta = {}, []
+        arrays: Dict[str, Any] = {}
+        meta = []
         for i, layer in enumerate(model.layers):
             if layer.quantized:
                 arrays[f"{i}_wq"], arrays[f"{i}_ws"], arrays[f"{i}_wz"] = layer.wq, layer.w_scale, layer.w_zp

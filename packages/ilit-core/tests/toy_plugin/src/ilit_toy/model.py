@@ -38,6 +38,7 @@ class Dense:
         if self.qcfg is None:
             y = x @ self.W + self.b
         else:
+            assert self.wq is not None and self.w_scale is not None and self.w_zp is not None, "quantized w/o weights"
             act = self.qcfg["activation"]
             lo, hi = (0, 255) if act["dtype"] == "uint8" else (-128, 127)
             xq = np.clip(np.round(x / self.a_scale) + self.a_zp, lo, hi).astype(np.int64)
