@@ -51,8 +51,8 @@ def keep_off_fast_path(model: nn.Module) -> None:
     any forward pre-hook on the layer makes torch take the regular path, which calls the modules.
     """
     for m in model.modules():
-        plain_linears = type(m.linear1) is nn.Linear and type(m.linear2) is nn.Linear
-        if isinstance(m, nn.TransformerEncoderLayer) and not plain_linears:
+        if isinstance(m, nn.TransformerEncoderLayer) and not (
+                type(m.linear1) is nn.Linear and type(m.linear2) is nn.Linear):
             if _no_op_hook not in m._forward_pre_hooks.values():
                 m.register_forward_pre_hook(_no_op_hook)
 
