@@ -248,27 +248,34 @@ def derived_sensitivity(trials: List[Dict[str, Any]]) -> Dict[str, float]:
     return out
 
 
+def _dict(value: Any) -> Dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a history from another version may lack it)."""
+    return value if isinstance(value, dict) else {}
+
+
 def load_run(path: Union[str, "os.PathLike[str]"]) -> RunData:
     """Read a workspace or history.json into what a report renders; ReportError if it is not a history."""
     hist_path = find_history(path)
     data = _read_json(hist_path)
-    run = data.get("run") if isinstance(data.get("run"), dict) else {}
-    insights = data.get("strategy_insights") if isinstance(data.get("strategy_insights"), dict) else {}
-    config = data.get("config") if isinstance(data.get("config"), dict) else {}
-    tuning = config.get("tuning") if isinstance(config.get("tuning"), dict) else {}
+    run = _dict(data.get("run"))
+    insights = _dict(data.get("strategy_insights"))
+    config = _dict(data.get("config"))
+    tuning = _dict(config.get("tuning"))
     higher = data.get("metric_higher_is_better", True) is not False
     objective = str(data.get("objective") or tuning.get("objective") or "performance")
     obj_higher, unit = _objective_traits(objective)
     resumed = {n for n in run.get("resumed_trials", []) if isinstance(n, int)} if isinstance(
         run.get("resumed_trials"), list) else set()
     phase_of = _phase_of(insights)
-    best = data.get("best") if isinstance(data.get("best"), int) else None
+    best_raw = data.get("best")
+    best = best_raw if isinstance(best_raw, int) else None
     trials = []
     for i, t in enumerate(data["trials"]):
         if not isinstance(t, dict):
             raise ReportError(f"{hist_path!r}: trials[{i}] is not an object; the file is not an ilit history")
-        number = t.get("trial") if isinstance(t.get("trial"), int) else i + 1
-        cfg = t.get("tune_cfg") if isinstance(t.get("tune_cfg"), dict) else {}
+        number_raw = t.get("trial")
+        number = number_raw if isinstance(number_raw, int) else i + 1
+        cfg = _dict(t.get("tune_cfg"))
         try:
             text, n_int8, fb = describe(cfg), len(quantized_ops(cfg)), list(fallback_ops(cfg))
         except (KeyError, TypeError, AttributeError):

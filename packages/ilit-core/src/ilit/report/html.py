@@ -6,7 +6,7 @@ import base64
 import json
 import math
 from html import escape
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import yaml
 
@@ -33,7 +33,7 @@ pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
 _NUM = ' class="num"'
 
 
-def _table(header: Sequence[str], rows: List[Sequence[str]], row_attrs: Sequence[str] = (),
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], row_attrs: Sequence[str] = (),
            num_cols: Sequence[int] = ()) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"]
     for i, r in enumerate(rows):

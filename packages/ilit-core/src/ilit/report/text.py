@@ -60,7 +60,7 @@ def facts(run: RunData) -> List[tuple]:
     return out
 
 
-def _md_table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in [header, *rows]]
     lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
