@@ -25,7 +25,8 @@ Batches = List[Tuple[np.ndarray, np.ndarray]]
 
 
 def digits_batches(batch: int = 64, seed: int = 0) -> Tuple[Tuple[np.ndarray, np.ndarray], Batches, Batches]:
-    """scikit-learn's 1,797 digits as (N, 8, 8, 1) float32 in [0, 1]: a stratified 75/25 split, the test part batched."""
+    """scikit-learn's 1,797 digits as (N, 8, 8, 1) float32 in [0, 1]: a stratified 75/25 split, the test part
+    batched."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -117,7 +118,7 @@ def main() -> None:
           f"INT8); tuning took {t_tune:.1f}s, all in {time.perf_counter() - t0:.1f}s")
     print(f"  accuracy goal: relative loss <= 1% -> {'met' if best.meets else 'NOT met'}; "
           f"INT8 model saved in {os.path.join(args.workspace, 'best_model')}")
-    print(f"  (saved sizes are TFLite flatbuffers: the FP32 one is the float conversion of the Keras model)")
+    print("  (saved sizes are TFLite flatbuffers: the FP32 one is the float conversion of the Keras model)")
 
     from ilit.report import write_report
 
