@@ -132,7 +132,23 @@ def test_unknown_plugin_names_list_the_installed_ones(data, path, installed):
     assert isinstance(err, ilit.PluginNotFoundError)
     listed = re.search(r"\(installed: ([^)]*)\)", str(err)).group(1).split(", ")
     assert str(err).startswith(path + ":") and set(installed.split(", ")) <= set(listed)
-    assert "Install it with" in str(err)
+    assert "did you mean" in str(err) or "entry-point group" in str(err), str(err)
+
+
+@pytest.mark.parametrize("data, suggestion, command", [
+    ({"tuning": {"metric": {"top1": None}}}, "'topk'", "pip install ilit-metrics"),
+    ({"tuning": {"metric": {"topkk": None}}}, "'topk'", "pip install ilit-metrics"),
+    ({"framework": {"name": "torch"}}, "'pytorch'", "pip install torch==2.13.0"),
+    ({"framework": {"name": "tf"}}, "'tensorflow'", "pip install 'ilit-tensorflow[tensorflow]'"),
+    ({"framework": {"name": "keras"}}, "'tensorflow'", "pip install 'ilit-tensorflow[tensorflow]'"),
+    ({"tuning": {"strategy": "bayes"}}, "'bayesian'", None),
+])
+def test_unknown_plugin_names_suggest_the_real_name_and_a_real_package(data, suggestion, command):
+    msg = str(error_for(data))
+    assert f"did you mean {suggestion}" in msg or f"did you mean {suggestion} or" in msg, msg
+    if command:
+        assert command in msg, msg
+    assert "ilit-torch" not in msg and "ilit-tf" not in msg and "ilit-keras" not in msg, msg
 
 
 def test_metric_arguments_the_metric_does_not_take():

@@ -7,7 +7,7 @@ import pytest
 
 import ilit
 from ilit_toy import accuracy
-import ilit.tuner
+import ilit.run
 
 TRIAL_SECONDS = 10.0
 
@@ -36,7 +36,7 @@ class FakeClock:
 def test_timeout_is_honoured_within_one_trial(easy_toy, conf, monkeypatch, timeout):
     model, data = easy_toy
     clock = FakeClock()
-    monkeypatch.setattr(ilit.tuner, "_now", clock)
+    monkeypatch.setattr(ilit.run, "_now", clock)
 
     def eval_func(m):
         clock.now += TRIAL_SECONDS

@@ -124,7 +124,8 @@ def _plugin(tmp_path, monkeypatch, name, body):
     dist = tmp_path / f"{name}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[ilit.adaptors]\n{name} = {name}:Adaptor\n")
+    (dist / "entry_points.txt").write_text(f"[ilit.adaptors]\n{name} = {name}:Adaptor\n"
+                                           f"[ilit.model_modules]\nilit_toy = {name}:Adaptor\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
 

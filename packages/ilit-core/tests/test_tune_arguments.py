@@ -126,3 +126,24 @@ def test_quant_aware_training_without_q_func(toy, conf, spy):
     with pytest.raises(ValueError, match="quant_aware_training needs q_func"):
         ilit.Tuner(c).tune(model, data, eval_dataloader=data)
     assert spy == []
+
+
+def test_calibration_data_the_model_cannot_take_fails_before_the_first_trial(toy, conf, spy):
+    """Batches of the wrong shape would fail every trial alike: the FP32 model runs on one first, and says so."""
+    model, data = toy
+    wrong = [(x[:, :-1], y) for x, y in data]  # one feature short
+    loader = CountingLoader(wrong)
+    with pytest.raises(ValueError) as e:
+        ilit.Tuner(conf()).tune(model, loader, eval_dataloader=data)
+    assert spy == []  # nothing was quantized
+    notes = "\n".join(getattr(e.value, "__notes__", []))
+    assert "running the FP32 model on the first q_dataloader batch" in notes
+    assert f"ndarray float32[{wrong[0][0].shape[0]}, {wrong[0][0].shape[1]}]" in notes
+
+
+def test_describe_inputs_shows_the_structure_of_a_batch():
+    from ilit.arguments import describe_inputs
+
+    batch = {"input_ids": np.zeros((2, 8), np.int64), "extra": (np.ones(3, np.float32), [1, 2])}
+    assert describe_inputs(batch) == ("dict{input_ids: ndarray int64[2, 8], "
+                                      "extra: tuple(ndarray float32[3], list(int, int))}")

@@ -101,11 +101,46 @@ def test_every_trial_failing_is_an_error_naming_the_first(easy_toy, conf):
     def eval_func(m):
         calls.append(m)
         if len(calls) > 1:
-            raise RuntimeError("bad batch")
+            raise RuntimeError(f"bad batch {len(calls) % 2}")  # two errors alternating: never 3 alike in a row
         return 1.0
 
-    with pytest.raises(RuntimeError, match="every trial failed; the first error was: RuntimeError: bad batch"):
+    with pytest.raises(RuntimeError, match="every trial failed; the first error was: RuntimeError: bad batch 0"):
         ilit.Tuner(many_trials(conf)).tune(model, data, eval_func=eval_func)
+    assert len(calls) == 1 + 3  # the baseline, then all 3 configs of the space: errors that differ never stop it
+
+
+def test_the_same_error_in_consecutive_trials_stops_tuning_early(easy_toy, conf, tmp_path):
+    model, data = easy_toy
+    calls = []
+
+    def eval_func(m):
+        calls.append(m)
+        if len(calls) > 1:
+            raise RuntimeError("labels of the wrong shape")
+        return 1.0
+
+    tuner = ilit.Tuner(many_trials(conf))
+    with pytest.raises(ilit.RepeatedTrialError, match="the same error ended the last 3 trials.*wrong shape"):
+        tuner.tune(model, data, eval_func=eval_func)
+    assert len(tuner.history.trials) == ilit.run.REPEATED_ERRORS and len(calls) == 1 + ilit.run.REPEATED_ERRORS
+    saved = json.loads((tmp_path / "ws" / "history.json").read_text())
+    assert len(saved["trials"]) == 3 and saved["finished"] and "3 trials in a row" in saved["stop_reason"]
+
+
+def test_an_error_between_passing_trials_does_not_stop_tuning(easy_toy, conf):
+    model, data = easy_toy
+    calls = []
+
+    def eval_func(m):
+        calls.append(m)
+        if len(calls) % 3 == 0:  # every third trial fails alike, never three in a row
+            raise RuntimeError("flaky")
+        return 0.0 if len(calls) > 1 else 1.0  # below the goal: the search goes on
+
+    tuner = ilit.Tuner(many_trials(conf, max_trials=6))
+    tuner.tune(model, data, eval_func=eval_func)
+    trials = tuner.history.trials
+    assert len(trials) == 6 and [t.trial for t in trials if t.error] == [2, 5]
 
 
 def test_ctrl_c_saves_the_history_and_resume_continues(easy_toy, conf, tmp_path):

@@ -6,12 +6,13 @@ The core holds the user API (:class:`Tuner`), the extension API (:class:`Adaptor
 
 from .adaptor import Adaptor, to_numpy
 from .config import Config, load_config
-from .errors import ConfigError, ModelFileError, PluginLoadError, PluginNotFoundError, ResumeError
+from .errors import (ConfigError, ModelFileError, PluginLoadError, PluginNotFoundError, RepeatedTrialError,
+                     ResumeError)
 from .history import History, Trial
 from .metric import Metric
-from .objective import Objective
+from .objective import Comparison, Objective
 from .space import TuningSpace
-from .strategy import Strategy, StrategyContext, TrialResult
+from .strategy import Proposal, Strategy, StrategyContext, TrialResult
 from .tune_cfg import TuneCfg, calibration_key, cfg_fingerprint, fallback_ops, is_quantized, quantized_ops
 from .tuner import Tuner
 from .version import __version__
@@ -25,12 +26,15 @@ __all__ = [
     "PluginLoadError",
     "ResumeError",
     "ModelFileError",
+    "RepeatedTrialError",
     "Adaptor",
     "Strategy",
     "StrategyContext",
     "TrialResult",
+    "Proposal",
     "Metric",
     "Objective",
+    "Comparison",
     "TuningSpace",
     "TuneCfg",
     "History",

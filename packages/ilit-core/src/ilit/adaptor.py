@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
@@ -44,8 +44,6 @@ class Adaptor(ABC):
 
     #: the name users write as ``framework.name``; set it to the entry-point name.
     name: str = ""
-    #: top-level module names of the models this adaptor takes, used to detect the framework.
-    model_modules: Sequence[str] = ()
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -120,9 +118,15 @@ class Adaptor(ABC):
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
-        """Whether this adaptor recognises ``model`` (used when ``framework.name`` is not set)."""
+        """Whether this adaptor takes ``model``; ``tune`` refuses a model before any work when this is False.
+
+        The default: a class in the model's MRO comes from a package this adaptor declares in the
+        ``ilit.model_modules`` entry-point group. Override it to look closer (it must not import another framework).
+        """
+        from . import registry
+
         mods = {c.__module__.split(".")[0] for c in type(model).__mro__}
-        return bool(mods & set(cls.model_modules))
+        return any(cls.name in registry.adaptors_for_module(m) for m in mods)
 
     def fp32_context(self, model: Any) -> ContextManager[Any]:
         """A context around ``eval_func`` and the objective on the user's FP32 model, in which the adaptor
@@ -135,7 +139,3 @@ class Adaptor(ABC):
         """Why :meth:`accepts` refuses ``model``, when the adaptor can say more than its type (e.g. which file
         a checkpoint path lacks); ``None`` if it has nothing to add. Shown in the error ``tune`` raises."""
         return None
-
-    def describe_capability(self, capability: Mapping[str, Any]) -> str:
-        """A one-line summary for logs."""
-        return f"{len(capability.get('op_wise', {}))} quantizable ops"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "PluginNotFoundError", "PluginLoadError", "ResumeError", "ModelFileError"]
+__all__ = ["ConfigError", "PluginNotFoundError", "PluginLoadError", "ResumeError", "ModelFileError",
+           "RepeatedTrialError"]
 
 
 class ConfigError(ValueError):
@@ -35,4 +36,11 @@ class ModelFileError(ValueError):
     """A file read as a saved model is not one the adaptor wrote; nothing in it was run.
 
     Each adaptor's ``load`` raises a subclass, whose message names the file and what is wrong with it.
+    """
+
+
+class RepeatedTrialError(RuntimeError):
+    """The same error ended several trials in a row: it does not depend on the config, so tuning stopped.
+
+    The history holds the failed trials; fix the cause (often the data or ``eval_func``) and run again.
     """

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 from .errors import ResumeError
 from .tune_cfg import TuneCfg, cfg_fingerprint
 from .version import __version__
+from .workspace import TMP_HISTORY_PREFIX, TMP_HISTORY_SUFFIX
 
 __all__ = ["Trial", "History", "write_json_atomic"]
 
@@ -36,6 +37,11 @@ class Trial:
     elapsed_s: float
     fingerprint: str = ""
     error: Optional[str] = None  # set when quantize or evaluate raised; the trial then never meets
+    #: the objective against the FP32 model measured in the same window (see :class:`ilit.Comparison`);
+    #: None where it was not measured (a trial below the goal, or a history written before these fields)
+    ratio: Optional[float] = None
+    spread: Optional[float] = None
+    reliable: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
@@ -56,6 +62,9 @@ class History:
     trials: List[Trial] = field(default_factory=list)
     best: Optional[int] = None
     finished: bool = False
+    #: what the strategy learned (e.g. per-op sensitivity), for reports; see ``Strategy.insights``
+    strategy_insights: Dict[str, Any] = field(default_factory=dict)
+    stop_reason: Optional[str] = None
     ilit_version: str = __version__
     format: int = FORMAT
 
@@ -89,6 +98,16 @@ class History:
                               "it must be the JSON file an earlier ilit run wrote in its workspace") from None
         return cls(**_checked(data, path))
 
+    def check_resumable(self, fresh: "History", path: str) -> None:
+        """Raise :class:`ResumeError` unless this (loaded) history can continue the run ``fresh`` describes."""
+        if self.config_fingerprint != fresh.config_fingerprint:
+            raise ResumeError(f"resume_file {path!r} was written with a different config "
+                              "(only tuning.timeout, tuning.max_trials and tuning.workspace may change); "
+                              "start without resume_file or use the original YAML")
+        if self.model_fingerprint != fresh.model_fingerprint:
+            raise ResumeError(f"resume_file {path!r} was written for a different model; "
+                              "resume with the same FP32 model or start without resume_file")
+
     def trial(self, number: Optional[int]) -> Optional[Trial]:
         for t in self.trials:
             if t.trial == number:
@@ -102,13 +121,16 @@ _TOP: Dict[str, Any] = {  # key -> allowed types; None in a tuple means null is 
     "config_fingerprint": (str,), "model_fingerprint": (str,), "config": (dict,),
     "metric_higher_is_better": (bool,), "objective": (str,), "baseline_accuracy": (*_NUMBER, None),
     "baseline_objective": (*_NUMBER, None), "trials": (list,), "best": (int, None), "finished": (bool,),
-    "ilit_version": (str,), "format": (int,),
+    "ilit_version": (str,), "format": (int,), "strategy_insights": (dict,), "stop_reason": (str, None),
 }
 _TRIAL: Dict[str, Any] = {
     "trial": (int,), "tune_cfg": (dict,), "accuracy": (*_NUMBER, None), "objective": (*_NUMBER, None),
     "meets": (bool,), "quantize_s": _NUMBER, "evaluate_s": _NUMBER, "objective_s": _NUMBER, "elapsed_s": _NUMBER,
-    "fingerprint": (str,), "error": (str, None),
+    "fingerprint": (str,), "error": (str, None), "ratio": (*_NUMBER, None), "spread": (*_NUMBER, None),
+    "reliable": (bool, None),
 }
+#: keys added after format 1 was first written: a file without them is still a valid history
+_OPTIONAL = {"strategy_insights", "stop_reason", "ratio", "spread", "reliable"}
 
 
 def _refuse_constant(name: str) -> Any:
@@ -119,13 +141,15 @@ def _check_fields(d: Any, schema: Dict[str, Any], where: str, path: str) -> None
     if not isinstance(d, dict):
         raise ResumeError(f"resume_file {path!r}: {where} is {type(d).__name__}, expected an object; "
                           "the file is not an ilit history")
-    missing = [k for k in schema if k not in d]
+    missing = [k for k in schema if k not in d and k not in _OPTIONAL]
     extra = [k for k in d if k not in schema]
     if missing or extra:
         raise ResumeError(f"resume_file {path!r}: {where} has " + "; ".join(
             p for p in (f"missing keys {missing}" if missing else "", f"unknown keys {extra}" if extra else "") if p)
             + "; the file is not an ilit history of this version (or was edited)")
     for key, types in schema.items():
+        if key not in d:
+            continue
         v = d[key]
         ok = (v is None and None in types) or (
             v is not None and isinstance(v, tuple(t for t in types if t is not None))
@@ -151,7 +175,7 @@ def _checked(data: Any, path: str) -> Dict[str, Any]:
             raise ResumeError(f"resume_file {path!r}: trials[{i}] does not match its fingerprint; the file was "
                               "edited or damaged, so it cannot be trusted for resume")
         values: Dict[str, Any] = {k: (math.nan if k in ("accuracy", "objective") and t[k] is None else t[k])
-                                  for k in _TRIAL}
+                                  for k in _TRIAL if k in t}
         trials.append(Trial(**values))
     numbers = [t.trial for t in trials]
     if numbers != list(range(1, len(trials) + 1)):
@@ -177,7 +201,7 @@ def write_json_atomic(path: str, data: Any) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".history-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_HISTORY_PREFIX, suffix=TMP_HISTORY_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, allow_nan=False)

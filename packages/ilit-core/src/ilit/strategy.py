@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .config import Config
 from .space import TuningSpace
@@ -13,7 +13,10 @@ from .tune_cfg import TuneCfg
 if TYPE_CHECKING:  # pragma: no cover
     from .adaptor import Adaptor
 
-__all__ = ["Strategy", "TrialResult", "StrategyContext"]
+__all__ = ["Strategy", "TrialResult", "StrategyContext", "Proposal"]
+
+#: what :meth:`Strategy.configs` yields: one config, or a list of independent configs (a batch)
+Proposal = Union[TuneCfg, List[TuneCfg]]
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,17 @@ class Strategy(ABC):
     The tuner iterates :meth:`configs`; after each yielded config it calls :meth:`observe` with the
     result before asking for the next one. A config the tuner has already evaluated (earlier in the
     run, or in a resumed history) is observed from its record without being run again, so a
-    deterministic strategy resumes exactly by replay. Returning from the generator ends the search.
+    deterministic strategy resumes exactly by replay. The end of the iterable ends the search.
+
+    ``configs`` may be a generator or return any iterable (a list works); the tuner closes it at the
+    end only if it has a ``close`` method. It may also yield a *list* of configs that do not depend on
+    each other's results (a batch: e.g. the model-wise configs, or one-op probes): the tuner may evaluate
+    a batch's configs in any order or at once, and records and observes them in list order before
+    asking for the next proposal, so results and resume are the same as yielding them one by one.
+
+    ``self.insights`` is a JSON-safe dict the strategy may fill with what it learned for reports (by
+    convention ``op_sensitivity``: op name -> accuracy with that op alone in fp32; ``op_error``: op name
+    -> the error the mse strategy measured); the tuner saves it in history.json after every trial.
     """
 
     #: set to True if the strategy calls ``context.adaptor.inspect_tensor``; checked before tuning starts.
@@ -55,9 +68,10 @@ class Strategy(ABC):
         self.config = config
         self.context = context
         self.results: List[Tuple[TuneCfg, TrialResult]] = []
+        self.insights: Dict[str, Any] = {}
 
     @abstractmethod
-    def configs(self) -> Iterator[TuneCfg]:
+    def configs(self) -> Iterable[Proposal]:
         """Yield tune_cfgs to try, reading ``self.results`` for what was learned so far."""
 
     def observe(self, tune_cfg: TuneCfg, result: TrialResult) -> None:
@@ -66,6 +80,7 @@ class Strategy(ABC):
 
     @property
     def last(self) -> Optional[TrialResult]:
+        """The result of the config observed last; None before the first result."""
         return self.results[-1][1] if self.results else None
 
     def better_accuracy(self, a: float, b: float) -> bool:

@@ -1,7 +1,9 @@
-"""The tuning workspace: checked writable before any work, and written so that a kill at any moment loses nothing.
+"""The tuning workspace: its file layout, checked writable before any work, and written so that a kill at any
+moment loses nothing.
 
-``history.json`` is replaced atomically (see :mod:`ilit.history`); the best model is saved beside its
-final place and swapped in, so a crash mid-save leaves the previous best model, never a half-written one.
+``history.json`` is replaced atomically (written beside it as ``.history-*.tmp``, then renamed); the best model is
+saved beside its final place and swapped in, so a crash mid-save leaves the previous best model, never a
+half-written one. :class:`Workspace` is the one place that knows these names.
 """
 
 from __future__ import annotations
@@ -10,13 +12,45 @@ import glob
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from .errors import ConfigError
 
-__all__ = ["prepare_workspace", "save_atomic"]
+__all__ = ["Workspace", "prepare_workspace", "save_atomic", "HISTORY_FILE", "BEST_MODEL_DIR",
+           "TMP_HISTORY_PREFIX", "TMP_HISTORY_SUFFIX"]
 
+HISTORY_FILE = "history.json"
+BEST_MODEL_DIR = "best_model"
+#: a history being written: ``.history-<random>.tmp`` beside the final file
+TMP_HISTORY_PREFIX, TMP_HISTORY_SUFFIX = ".history-", ".tmp"
+#: a model being saved (``.ilit-new-<name>-<pid>``) and the one it replaces, moved aside (``.ilit-old-...``)
 _NEW, _OLD = ".ilit-new-", ".ilit-old-"
+
+
+class Workspace:
+    """A run's directory: where ``history.json`` and ``best_model/`` live, and how they are written safely."""
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+
+    @property
+    def history_path(self) -> str:
+        return os.path.join(self.path, HISTORY_FILE)
+
+    @property
+    def best_model_dir(self) -> str:
+        return os.path.join(self.path, BEST_MODEL_DIR)
+
+    def prepare(self) -> None:
+        """Create the directory, prove it writable and tidy what a killed run left (see :func:`prepare_workspace`)."""
+        prepare_workspace(self.path)
+
+    def save_best(self, save: Callable[[Any, str], None], model: Any) -> None:
+        """Save ``model`` as the best model so far, swapped in whole."""
+        save_atomic(save, model, self.best_model_dir)
+
+    def has_best(self) -> bool:
+        return os.path.exists(self.best_model_dir)
 
 
 def prepare_workspace(path: str) -> None:
@@ -33,7 +67,7 @@ def prepare_workspace(path: str) -> None:
     except OSError as exc:
         raise ConfigError("tuning.workspace.path", f"cannot write to {path!r} ({exc.strerror or exc}); "
                           "choose a directory you can write to") from None
-    for stale in glob.glob(os.path.join(path, ".history-*.tmp")):
+    for stale in glob.glob(os.path.join(path, f"{TMP_HISTORY_PREFIX}*{TMP_HISTORY_SUFFIX}")):
         _remove(stale)
     for old in glob.glob(os.path.join(path, f"{_OLD}*")):
         final = os.path.join(path, os.path.basename(old)[len(_OLD):].rsplit("-", 1)[0])

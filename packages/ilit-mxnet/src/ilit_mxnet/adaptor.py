@@ -73,7 +73,6 @@ class MXNetAdaptor(Adaptor):
     """The ``mxnet`` adaptor: Gluon and symbolic models, INT8 through MXNet's oneDNN quantization."""
 
     name = "mxnet"
-    model_modules = ("mxnet", "ilit_mxnet")
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -197,9 +196,6 @@ class MXNetAdaptor(Adaptor):
                 cap["weight"] = {k: list(v) for k, v in weight.items()}
             op_wise[(op.name, op.op_type)] = cap
         return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise}
-
-    def describe_capability(self, capability: Any) -> str:
-        return f"{len(capability.get('op_wise', {}))} quantizable MXNet ops (oneDNN-fused)"
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, tune_cfg: TuneCfg, model: Any, dataloader: Iterable[Any],

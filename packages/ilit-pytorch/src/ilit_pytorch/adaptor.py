@@ -52,7 +52,6 @@ class PyTorchAdaptor(Adaptor):
     """
 
     name = "pytorch"
-    model_modules = ("torch",)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -11,7 +11,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from . import flatbuffer as fb
 from ._deps import tf
 from .model import TFLiteModel
 from .ranges import ALGORITHMS, compute_range, subsample
-from .sources import TF_MODULES, KerasSource, Source, as_float_arrays, batch_inputs, make_source, model_kind
+from .sources import KerasSource, Source, as_float_arrays, batch_inputs, make_source, model_kind
 
 __all__ = ["TensorFlowAdaptor", "QAT_MESSAGE", "run_converter"]
 
@@ -115,7 +115,6 @@ class TensorFlowAdaptor(Adaptor):
     """
 
     name = "tensorflow"
-    model_modules = TF_MODULES
 
     def __init__(self, config: Any, num_threads: Optional[int] = None) -> None:
         super().__init__(config)
@@ -197,13 +196,6 @@ class TensorFlowAdaptor(Adaptor):
                     "activation": {"dtype": ["int8", "fp32"], "scheme": ["asym"],
                                    "granularity": ["per_tensor"], "algorithm": ["minmax"]}}
         return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise}
-
-    def describe_capability(self, capability: Mapping[str, Any]) -> str:
-        ops = capability.get("op_wise", {})
-        kinds: Dict[str, int] = {}
-        for _n, t in ops:
-            kinds[t] = kinds.get(t, 0) + 1
-        return f"{len(ops)} quantizable ops ({', '.join(f'{v} {k}' for k, v in kinds.items())})"
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, tune_cfg: TuneCfg, model: Any, dataloader: Iterable[Any],

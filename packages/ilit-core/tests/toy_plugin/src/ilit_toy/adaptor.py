@@ -29,7 +29,6 @@ def _range(values: np.ndarray, algo: str) -> Tuple[float, float]:
 
 class ToyAdaptor(Adaptor):
     name = "toy"
-    model_modules = ("ilit_toy",)
 
     def __init__(self, config) -> None:
         super().__init__(config)
