@@ -102,3 +102,31 @@ def test_detection_loads_only_the_adaptor_named_for_the_models_package(toy, conf
         tuner = ilit.Tuner(c)
         tuner.tune(model, data, eval_dataloader=data)
     assert tuner.adaptor.name == "toy"
+
+
+@pytest.fixture
+def failing_strategy_and_twin_adaptor(monkeypatch):
+    """A strategy whose module fails to import, and a second distribution registering the adaptor name 'toy'."""
+    real = registry._entry_points
+
+    def fake(group):
+        eps = real(group)
+        if group == "ilit.strategies":
+            eps = eps + [EntryPoint("broken_strategy", "ilit_no_such_module_xyz:Strategy", group)]
+        if group == "ilit.adaptors":
+            eps = eps + [EntryPoint("toy", "ilit_other_toy:Adaptor", group)]
+        return eps
+
+    monkeypatch.setattr(registry, "_entry_points", fake)
+
+
+def test_a_strategy_that_fails_to_import_is_reported_at_tuner_like_a_metric(conf, failing_strategy_and_twin_adaptor):
+    with pytest.raises(ilit.PluginLoadError, match="ilit_no_such_module_xyz"):
+        ilit.Tuner(conf(tuning={"strategy": "broken_strategy"}))
+
+
+def test_two_packages_registering_one_name_are_warned_about_and_the_first_is_used(failing_strategy_and_twin_adaptor):
+    registry._warned.clear()
+    with pytest.warns(RuntimeWarning, match="two installed packages register the adaptor 'toy'.*ilit_other_toy"):
+        found = registry.installed("adaptor")
+    assert found["toy"].value == "ilit_toy.adaptor:ToyAdaptor"

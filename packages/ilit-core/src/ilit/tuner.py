@@ -52,14 +52,17 @@ class Tuner:
 
     def _check_plugins(self) -> None:
         """Every plugin the config names must be installed, and the metric must take its arguments:
-        a config error here costs a moment, not a calibration run."""
+        a config error here costs a moment, not a calibration run.
+
+        The strategy, objective and metric are imported here, so one that fails to import raises
+        :class:`ilit.PluginLoadError` at ``Tuner()``; the adaptor, which imports its framework, is only
+        checked to be installed here and is imported by ``tune``."""
         t = self.config.tuning
-        registry.require("strategy", t.strategy)
-        registry.require("objective", t.objective)
         if self.config.framework.name:
             registry.require("adaptor", self.config.framework.name)
+        self._strategy_cls = registry.load("strategy", t.strategy)
+        self._objective_cls = registry.load("objective", t.objective)
         if t.metric is not None:
-            registry.require("metric", t.metric[0])
             build_metric(t.metric)
 
     def tune(self, model: Any, q_dataloader: Iterable[Any], q_func: Optional[Callable[[Any], Any]] = None,
@@ -78,9 +81,9 @@ class Tuner:
         workspace.prepare()
         resumed = History.load(resume_file) if resume_file else None
         adaptor = adaptor_class(cfg.framework.name, model)(cfg)
-        strategy_cls = registry.load("strategy", cfg.tuning.strategy)
+        strategy_cls = self._strategy_cls
         strategy_cls.check(adaptor)
-        objective: Objective = registry.load("objective", cfg.tuning.objective)()
+        objective: Objective = self._objective_cls()
         data = RunData(model=model, q_dataloader=q_dataloader, q_func=q_func,
                        timing_inputs=first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader),
                        calib_inputs=first_inputs(q_dataloader))
