@@ -256,7 +256,11 @@ def _dict(value: Any) -> Dict[str, Any]:
 def load_run(path: Union[str, "os.PathLike[str]"]) -> RunData:
     """Read a workspace or history.json into what a report renders; ReportError if it is not a history."""
     hist_path = find_history(path)
-    data = _read_json(hist_path)
+    return run_from_dict(_read_json(hist_path), hist_path)
+
+
+def run_from_dict(data: Dict[str, Any], hist_path: str = "") -> RunData:
+    """What a report renders, from a history's JSON data (``History.to_dict()`` or a parsed history.json)."""
     run = _dict(data.get("run"))
     insights = _dict(data.get("strategy_insights"))
     config = _dict(data.get("config"))
@@ -301,7 +305,7 @@ def load_run(path: Union[str, "os.PathLike[str]"]) -> RunData:
         baseline_objective=_num(data.get("baseline_objective")), higher_is_better=higher, objective=objective,
         objective_higher_is_better=obj_higher, objective_unit=unit, threshold=threshold, criterion=crit_text,
         strategy=str(tuning.get("strategy", "basic")), framework=str(framework), versions=versions,
-        stop_reason=run.get("stop_reason") if isinstance(run.get("stop_reason"), str) else None,
+        stop_reason=next((r for r in (data.get("stop_reason"), run.get("stop_reason")) if isinstance(r, str)), None),
         finished=data.get("finished") is True, best=best, phases=_phases(trials, run),
         op_data=_op_data(insights) or _op_data({"derived_op_sensitivity": derived_sensitivity(data["trials"])}),
         other_insights={k: v for k, v in insights.items() if k not in OP_INSIGHTS and k != "phase"},

@@ -22,19 +22,28 @@ def _acc(v: float) -> str:
 
 
 def summary_table(run: RunData) -> str:
-    """The table ``Tuner.summary()`` prints, from a history file: the FP32 baseline first, the best marked."""
-    rows = [("trial", "accuracy", run.objective, "goal", "config")]
-    rows.append(("fp32", _acc(run.baseline_accuracy), run.format_objective(run.baseline_objective), "-", "baseline"))
+    """The trial table (``Tuner.summary()`` and ``ilit history``): the FP32 baseline first, the best marked."""
+    rows = [("trial", "accuracy", run.objective, "vs fp32", "goal", "config")]
+    rows.append(("fp32", _acc(run.baseline_accuracy), run.format_objective(run.baseline_objective), "1x", "-",
+                 "baseline"))
     for t in run.trials:
         mark = ("*" if t.best else "") + ("r" if t.resumed else "")
-        rows.append((f"{t.number}{mark}", _acc(t.accuracy), run.format_objective(t.objective), verdict(t),
-                     t.config + (f" | {t.error}" if t.error else "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    legend = "* = returned model" + (", r = resumed from an earlier run" if any(t.resumed for t in run.trials) else "")
-    lines = [f"tuning summary ({legend}):"]
+        ratio = "-" if math.isnan(t.ratio) else f"{t.ratio:.3g}x" + ("" if t.reliable else "?")
+        rows.append((f"{t.number}{mark}", _acc(t.accuracy), run.format_objective(t.objective), ratio, verdict(t),
+                     t.config))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    resumed = ", r = resumed from an earlier run" if any(t.resumed for t in run.trials) else ""
+    lines = [f"tuning summary (* = returned model; ? = measured on a busy machine{resumed}):"]
     for r in rows:
-        lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+        lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+    best = run.best_trial
+    if best is not None and not math.isnan(best.ratio) and not _better(best.ratio, 1.0, run.objective_higher_is_better):
+        lines.append(f"  NOTE: the returned model is not better than FP32 on {run.objective} ({best.ratio:.3g}x)")
     return "\n".join(lines)
+
+
+def _better(a: float, b: float, higher: bool) -> bool:
+    return a > b if higher else a < b
 
 
 def facts(run: RunData) -> List[tuple]:
