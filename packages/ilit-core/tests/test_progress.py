@@ -125,3 +125,71 @@ def test_a_broken_terminal_turns_the_status_off_instead_of_failing():
     p = Progress(Broken(), 5, 0)
     p.start_trial(1)  # no exception
     assert not p.active
+
+
+# ---------------------------------------------------------------------- inside tune (a fresh process each: the
+# status line follows ilit's own log handler, which pytest's logging capture would otherwise replace)
+SCRIPT = r"""
+import io, json, logging, os, sys
+import ilit, ilit_toy
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+mode = sys.argv[1]
+buf = Tty() if mode != "pipe" else io.StringIO()
+sys.stderr = buf
+if mode == "app-logging":
+    logging.basicConfig(stream=buf, level=logging.INFO, format="APP %(message)s")
+model = ilit_toy.make_model(n_layers=6, fragile=(2, 4), seed=0)
+data = ilit_toy.make_dataset(model)
+conf = {"framework": {"name": "toy"}, "calibration": {"iterations": [2], "algorithm": {"activation": "minmax"}},
+        "quantization": {"weight": {"granularity": "per_channel", "scheme": "sym"},
+                         "activation": {"dtype": "uint8", "scheme": "asym"}},
+        "tuning": {"metric": {"toy_accuracy": None}, "objective": "modelsize", "max_trials": 4, "timeout": 600,
+                   "workspace": {"path": sys.argv[2]}}}
+ilit.Tuner(conf).tune(model, data, eval_dataloader=data)
+sys.__stdout__.write(json.dumps(buf.getvalue()))
+"""
+
+
+def tune_output(tmp_path, mode, **env):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    full_env = {k: v for k, v in os.environ.items() if k != ENV}
+    full_env.update(env)
+    proc = subprocess.run([sys.executable, str(script), mode, str(tmp_path / "ws")], capture_output=True, text=True,
+                          env=full_env, timeout=300, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_tune_draws_the_status_line_on_a_terminal_between_its_log_lines(tmp_path):
+    out = tune_output(tmp_path, "tty")
+    status = [s.split("\n")[0] for s in out.split("\r\x1b[K")[1:] if s.startswith("[ilit] ")]
+    assert any(s.startswith("[ilit] FP32 baseline | evaluate") for s in status)
+    for n in (1, 2, 3, 4):  # max_trials 4: each trial shows up, calibrating and evaluating its batches
+        assert any(s.startswith(f"[ilit] trial {n}/4 | calibrate") for s in status), n
+        assert any(s.startswith(f"[ilit] trial {n}/4 | evaluate") for s in status), n
+    assert any("at most" in s and "left" in s for s in status)  # after the first trial, a bound on the time left
+    for line in out.split("\n"):  # every log line starts on a clean line: the status was erased before it
+        if "[ilit] trial" in line and "(ran)" in line:
+            before = line.split(" [ilit] trial")[0]
+            assert before.endswith("\r\x1b[K") or "\r" not in before
+            assert line.rsplit("\r\x1b[K", 1)[-1][:2].isdigit()  # HH:MM:SS, the log format, after the clear
+    assert out.endswith("\r\x1b[K") or "stopped" in out.rsplit("\r\x1b[K", 1)[-1]
+
+
+@pytest.mark.parametrize("mode, env", [("pipe", {}), ("tty", {ENV: "0"}), ("app-logging", {})],
+                         ids=["not-a-terminal", "ILIT_PROGRESS=0", "app-configured-logging"])
+def test_tune_draws_no_status_line(tmp_path, mode, env):
+    out = tune_output(tmp_path, mode, **env)
+    assert "\x1b[K" not in out and "\r" not in out
+    assert "trial 4 (ran)" in out  # the log lines themselves are there
+    if mode == "app-logging":
+        assert "APP trial 1 (ran)" in out
