@@ -297,3 +297,36 @@ def test_charts_do_not_touch_pyplot_state(runs):
 def test_unknown_format_is_refused(runs):
     with pytest.raises(ValueError, match="not one of auto, html, md"):
         write_report(runs["basic"], fmt="pdf")
+
+
+def test_run_facts_are_recorded_and_shown(runs, tmp_path):
+    """history.json records the facts the report shows (framework, versions, phase times, stop reason, resumed
+    trials), and the report shows them as recorded."""
+    import numpy
+
+    h = history(runs["basic"])
+    run = h["run"]
+    assert run["framework"] == "toy" and run["versions"]["ilit"] == ilit.__version__
+    assert run["versions"]["numpy"] == numpy.__version__
+    assert 0 < run["baseline_s"] <= run["total_s"]
+    assert run["total_s"] >= max(t["elapsed_s"] for t in h["trials"])
+    assert "resumed_trials" not in run
+    html = open(write_report(runs["basic"], str(tmp_path), "html"), encoding="utf-8").read()
+    from html import escape
+
+    assert f"<td>stop reason</td><td>{escape(h['stop_reason'])}</td>" in html
+    assert f"<td>FP32 baseline (evaluate + objective)</td><td class=\"num\">{run['baseline_s']:.2f}</td>" in html
+    assert f"<td>whole run</td><td class=\"num\">{run['total_s']:.2f}</td>" in html
+    quantize = sum(t["quantize_s"] for t in h["trials"])
+    assert f"<td>quantize (incl. calibration)</td><td class=\"num\">{quantize:.2f}</td>" in html
+    assert f"ilit {ilit.__version__}" in html and f"numpy {numpy.__version__}" in html
+    # the resumed run: its first session ran trials 1-3, which the second replayed from the history
+    resumed = history(runs["resumed"])
+    assert resumed["run"]["resumed_trials"] == [1, 2, 3]
+    assert len(resumed["trials"]) > 3
+
+
+def test_older_history_says_what_it_did_not_record(runs, tmp_path):
+    html = open(write_report(runs["old"], str(tmp_path), "html"), encoding="utf-8").read()
+    assert "<td>stop reason</td><td>not recorded by this ilit version</td>" in html
+    assert "<td>framework</td><td>toy</td>" in html  # from the config's framework.name

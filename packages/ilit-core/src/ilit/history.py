@@ -65,6 +65,8 @@ class History:
     #: what the strategy learned (e.g. per-op sensitivity), for reports; see ``Strategy.insights``
     strategy_insights: Dict[str, Any] = field(default_factory=dict)
     stop_reason: Optional[str] = None
+    #: facts about the run for reports: framework, versions, started, baseline_s, total_s, resumed_trials
+    run: Dict[str, Any] = field(default_factory=dict)
     ilit_version: str = __version__
     format: int = FORMAT
 
@@ -122,6 +124,7 @@ _TOP: Dict[str, Any] = {  # key -> allowed types; None in a tuple means null is 
     "metric_higher_is_better": (bool,), "objective": (str,), "baseline_accuracy": (*_NUMBER, None),
     "baseline_objective": (*_NUMBER, None), "trials": (list,), "best": (int, None), "finished": (bool,),
     "ilit_version": (str,), "format": (int,), "strategy_insights": (dict,), "stop_reason": (str, None),
+    "run": (dict,),
 }
 _TRIAL: Dict[str, Any] = {
     "trial": (int,), "tune_cfg": (dict,), "accuracy": (*_NUMBER, None), "objective": (*_NUMBER, None),
@@ -130,7 +133,7 @@ _TRIAL: Dict[str, Any] = {
     "reliable": (bool, None),
 }
 #: keys added after format 1 was first written: a file without them is still a valid history
-_OPTIONAL = {"strategy_insights", "stop_reason", "ratio", "spread", "reliable"}
+_OPTIONAL = {"strategy_insights", "stop_reason", "run", "ratio", "spread", "reliable"}
 
 
 def _refuse_constant(name: str) -> Any:

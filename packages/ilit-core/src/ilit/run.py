@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from .adaptor import Adaptor
 from .arguments import describe_inputs
@@ -24,6 +28,7 @@ from .objective import Objective
 from .space import TuningSpace
 from .strategy import Strategy, StrategyContext, TrialResult
 from .tune_cfg import TuneCfg, cfg_fingerprint, describe, quantized_ops
+from .version import __version__
 from .workspace import Workspace
 
 __all__ = ["TuningRun", "RunData", "REPEATED_ERRORS"]
@@ -84,6 +89,10 @@ class TuningRun:
             log.info("resuming from %s: %d trials already done", resume_file, len(self.state.done))
         self.t0 = _now()
         self.strategy: Optional[Strategy] = None
+        self.history.run = run_facts(adaptor, data.model)
+        self.progress = _progress(self.t_cfg.max_trials, self.t_cfg.timeout)
+        if evaluator.eval_dataloader is not None:  # counted batch by batch on the status line (itself when off)
+            evaluator.eval_dataloader = self.progress.batches(evaluator.eval_dataloader, "evaluate")
         log.info("%s adaptor: %d quantizable ops, %d model-wise configs, strategy %s, objective %s",
                  adaptor.name or type(adaptor).__name__, len(self.space.ops), len(self.space.model_wise_configs()),
                  self.t_cfg.strategy, self.t_cfg.objective)
@@ -99,13 +108,17 @@ class TuningRun:
         """Measure the FP32 model's accuracy and objective (unless the resumed history has them); save the history."""
         h, model = self.history, self.data.model
         if h.baseline_accuracy is None:
+            tb = _now()
             with self.adaptor.fp32_context(model):  # the user's model leaves in the mode it came in
+                self.progress.set_phase("evaluate")
                 h.baseline_accuracy = self._step(f"evaluating the FP32 model ({self.evaluate.source})", None,
                                                  lambda: self.evaluate(model))
+                self.progress.set_phase(f"measuring {self.t_cfg.objective}")
                 h.baseline_objective = self._step(f"measuring the FP32 model's {self.t_cfg.objective}",
                                                   self.data.timing_inputs,
                                                   lambda: self.objective.measure(model, self.adaptor,
                                                                                  self.data.timing_inputs))
+            h.run["baseline_s"] = _now() - tb
         crit = self.t_cfg.accuracy_criterion
         log.info("FP32 baseline: accuracy %.4f, %s %s; goal: %s (accuracy %s %.4f)", self.baseline_accuracy,
                  self.t_cfg.objective, self.objective.format(float(h.baseline_objective or math.nan)), crit.describe(),
@@ -132,6 +145,7 @@ class TuningRun:
                         if self.state.best and self.workspace.has_best() else "")
             raise
         finally:
+            self.progress.close()
             close = getattr(proposals, "close", None)
             if callable(close):
                 close()
@@ -163,6 +177,7 @@ class TuningRun:
         number = len(self.history.trials) + 1
         if fp in st.done:  # replayed from the resumed history
             trial, q_model, source = Trial(**{**st.done[fp].__dict__, "trial": number}), None, "resumed"
+            self.history.run.setdefault("resumed_trials", []).append(number)
         else:
             (trial, q_model), source = self.trial(number, tune_cfg), "ran"
         st.seen[fp] = trial
@@ -172,15 +187,18 @@ class TuningRun:
     def trial(self, number: int, tune_cfg: TuneCfg) -> Tuple[Trial, Any]:
         """Quantize, evaluate and (if it meets the goal) measure one config; an exception fails this trial only."""
         tq = _now()
+        self.progress.start_trial(number)
         q_model, error, comparison = None, None, None
         acc = math.nan
         te = to = tq
         try:
             q_model = self.quantize(tune_cfg)
             te = _now()
+            self.progress.set_phase("evaluate")
             acc = self.evaluate(q_model)
             to = _now()
             if self._meets(acc):  # only a passing model can be the best
+                self.progress.set_phase(f"measuring {self.t_cfg.objective}")
                 with self.adaptor.fp32_context(self.data.model):
                     comparison = self.objective.compare(q_model, self.data.model, self.adaptor,
                                                         self.data.timing_inputs)
@@ -189,6 +207,7 @@ class TuningRun:
             log.warning("trial %d failed and is skipped: %s", number, error, exc_info=log.isEnabledFor(logging.DEBUG))
             q_model = None
         tend = _now()
+        self.progress.end_trial(tend - tq)
         ok = error is None
         cmp = comparison if ok else None
         trial = Trial(trial=number, tune_cfg=tune_cfg, accuracy=acc, objective=cmp.value if cmp else math.nan,
@@ -220,6 +239,7 @@ class TuningRun:
         """Log the summary and return the best model (rebuilt if it came from a resumed history), or None."""
         h, st = self.history, self.state
         h.finished, h.stop_reason = True, st.stop_reason
+        h.run["total_s"] = _now() - self.t0
         self.save_history()
         log.info("stopped: %s", st.stop_reason)
         repeated = self._repeated_error()
@@ -249,7 +269,8 @@ class TuningRun:
         return self.evaluate.higher_is_better
 
     def quantize(self, tune_cfg: TuneCfg) -> Any:
-        return self.adaptor.quantize(tune_cfg, self.data.model, self.data.q_dataloader, self.data.q_func)
+        loader = self.progress.batches(self.data.q_dataloader, "calibrate", tune_cfg["calibration"]["iterations"])
+        return self.adaptor.quantize(tune_cfg, self.data.model, loader, self.data.q_func)
 
     def save_history(self) -> None:
         if self.strategy is not None:
@@ -321,6 +342,28 @@ class TuningRun:
                     "quantized config beat FP32 here; keep the FP32 model if %s is what matters.", best.trial,
                     self.t_cfg.objective, best.ratio, "" if best.reliable else " (measured on a busy machine)",
                     self.t_cfg.objective)
+
+
+def _progress(max_trials: int, timeout: float) -> Any:
+    """The status line on the terminal of ilit's own log handler (off if the app configured logging)."""
+    from .progress import Progress, ProgressHandler
+
+    handler = next((h for h in logging.getLogger("ilit").handlers if isinstance(h, ProgressHandler)), None)
+    progress = Progress(handler.stream if handler is not None else None, max_trials, timeout, clock=lambda: _now())
+    if handler is not None:
+        handler.progress = progress
+    return progress
+
+
+def run_facts(adaptor: Adaptor, model: Any) -> Dict[str, Any]:
+    """What a report says about the run: the adaptor, the versions in play and when it started."""
+    versions = {"ilit": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for module in (type(model).__module__.split(".")[0], type(adaptor).__module__.split(".")[0]):
+        version = getattr(sys.modules.get(module), "__version__", None)  # the model's framework, the adaptor
+        if isinstance(version, str):
+            versions.setdefault(module, version)
+    return {"framework": adaptor.name or type(adaptor).__name__, "versions": versions,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
 
 
 def _finite(value: float) -> Optional[float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
@@ -15,7 +14,6 @@ from .evaluation import Evaluator, build_metric
 from .history import History, Trial
 from .objective import Objective
 from .run import RunData, TuningRun
-from .tune_cfg import describe
 from .workspace import Workspace
 
 __all__ = ["Tuner"]
@@ -30,7 +28,9 @@ def _ensure_log_output() -> None:
     every line twice.
     """
     if not _root_log.hasHandlers():
-        handler = logging.StreamHandler()
+        from .progress import ProgressHandler  # a StreamHandler that keeps the status line off the log lines
+
+        handler = ProgressHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s [ilit] %(message)s", "%H:%M:%S"))
         _root_log.addHandler(handler)
         _root_log.setLevel(logging.INFO)
@@ -130,28 +130,13 @@ class Tuner:
         return None if h is None else h.baseline_objective
 
     def summary(self) -> str:
-        """A table of every trial of the last run, the FP32 baseline first and the best marked."""
+        """A table of every trial of the last run, the FP32 baseline first and the best marked (``ilit history``)."""
         h = self.history
         if h is None or h.baseline_accuracy is None:
             return "no tuning run yet"
-        obj = self.objective
-        fmt = obj.format if obj is not None else (lambda v: f"{v:.4g}")
-        rows = [("trial", "accuracy", h.objective, "vs fp32", "goal", "config")]
-        rows.append(("fp32", f"{h.baseline_accuracy:.4f}", fmt(float(h.baseline_objective or 0)), "1x", "-",
-                     "baseline"))
-        for t in h.trials:
-            mark = "*" if t.trial == h.best else ""
-            ratio = "-" if t.ratio is None else f"{t.ratio:.3g}x" + ("" if t.reliable else "?")
-            rows.append((f"{t.trial}{mark}", f"{t.accuracy:.4f}", "-" if math.isnan(t.objective) else fmt(t.objective),
-                         ratio, "error" if t.error else ("yes" if t.meets else "no"), describe(t.tune_cfg)))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = ["tuning summary (* = returned model; ? = measured on a busy machine):"]
-        for r in rows:
-            lines.append("  " + "  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
-        best = h.trial(h.best)
-        if best is not None and best.ratio is not None and obj is not None and not obj.better(best.ratio, 1.0):
-            lines.append(f"  NOTE: the returned model is not better than FP32 on {h.objective} ({best.ratio:.3g}x)")
-        return "\n".join(lines)
+        from .report import run_from_dict, summary_table
+
+        return summary_table(run_from_dict(h.to_dict(), self.history_path or ""))
 
 
 def _log_summary(text: str) -> None:

@@ -10,10 +10,11 @@ import logging
 import os
 from typing import Optional, Union
 
-from .data import ReportError, RunData, load_run, pareto_front
+from .data import ReportError, RunData, load_run, pareto_front, run_from_dict
 from .text import summary_table
 
-__all__ = ["write_report", "load_run", "summary_table", "pareto_front", "ReportError", "RunData", "FORMATS"]
+__all__ = ["FORMATS", "ReportError", "RunData", "load_run", "pareto_front", "run_from_dict", "summary_table",
+           "write_report"]
 
 log = logging.getLogger(__name__)
 FORMATS = ("auto", "html", "md")
