@@ -78,6 +78,12 @@ def trials_chart(run: RunData) -> bytes:
     if _finite(run.threshold):
         ax.axhline(run.threshold, color=_FAIL, lw=1.2, ls="--", label=f"goal ({run.criterion})")
     ax.set_ylim(floor, hi + pad)
+    previous = None
+    for t in ts:  # the strategy's search phases, where it recorded them: a dotted line where each one starts
+        if t.phase and t.phase != previous:
+            ax.axvline(t.number - 0.5, color="#bbbbbb", lw=0.8, ls=":", zorder=0)
+            ax.text(t.number - 0.45, hi + pad * 0.9, t.phase, fontsize=7, color="#666666", va="top")
+        previous = t.phase or previous
     ax.set_xlabel("trial")
     ax.set_ylabel("accuracy")
     if xs:
