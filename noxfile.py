@@ -1,15 +1,15 @@
 """One nox session per package, each in its own venv with only that package's framework.
 
 `nox` runs them all (the README's test command); `nox -s demo` runs the demo.
-pip (nox's default virtualenv backend), not uv: torch 2.13.0 comes from a wheel on this machine's
-disk that only pip finds.
+pip (nox's default virtualenv backend), not uv: the torch 2.13.0 CPU wheel comes from a local wheel
+directory that only pip is configured to find.
 """
 
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
-nox.options.sessions = ["lint", "core", "metrics", "pytorch", "tensorflow", "mxnet", "demo", "tensorflow_demo",
-                        "mxnet_demo"]
+nox.options.sessions = ["lint", "core", "metrics", "oldest", "pytorch", "tensorflow", "mxnet", "demo",
+                        "tensorflow_demo", "mxnet_demo"]
 nox.options.reuse_existing_virtualenvs = False
 
 CORE = "./packages/ilit-core"
@@ -20,6 +20,9 @@ TORCH = "torch==2.13.0"
 LINT = ("ruff==0.17.6", "mypy==2.4.1", "types-PyYAML", "numpy")
 TENSORFLOW = ("tensorflow-cpu==2.21.0", "ai-edge-litert")
 MXNET = ("mxnet==1.9.1", "numpy==1.23.5", "scipy==1.10.1")
+#: the oldest versions ilit-core and ilit-metrics declare (numpy>=1.23, pyyaml>=6.0, pycocotools>=2.0.7) and
+#: the oldest scikit-learn built for that numpy on Python 3.11
+OLDEST = ("numpy==1.23.5", "pyyaml==6.0.1", "pycocotools==2.0.7", "scikit-learn==1.3.2")
 
 
 def pytest(session: nox.Session, path: str, *extra: str) -> None:
@@ -57,8 +60,22 @@ def metrics(session: nox.Session) -> None:
 
 
 @nox.session
+def oldest(session: nox.Session) -> None:
+    """ilit-core and ilit-metrics on the oldest dependency versions they declare (OLDEST), so the lower
+    bounds in their pyproject.toml are tested, not only claimed."""
+    session.install(f"{CORE}[report]", TOY, "pytest", "hypothesis", *OLDEST)
+    check = ("import numpy, yaml, sklearn; v = (numpy.__version__, yaml.__version__, sklearn.__version__); "
+             "assert v == ('1.23.5', '6.0.1', '1.3.2'), v")
+    session.run("python", "-c", check)
+    pytest(session, "packages/ilit-core/tests")  # before ilit-metrics is installed, as in the core session
+    session.install(f"{METRICS}[coco]", *OLDEST)
+    session.run("python", "-c", check)
+    pytest(session, "packages/ilit-metrics/tests")
+
+
+@nox.session
 def pytorch(session: nox.Session) -> None:
-    """ilit-pytorch with torch 2.13.0 (CPU, from this machine's disk)."""
+    """ilit-pytorch with torch 2.13.0 (CPU)."""
     session.install(TORCH)
     session.install(CORE, METRICS, "./packages/ilit-pytorch[torch]", "pytest", "scikit-learn")
     pytest(session, "packages/ilit-pytorch/tests")

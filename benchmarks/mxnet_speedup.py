@@ -8,7 +8,7 @@ upsampled from 8x8 to 32x32 so that convolution kernels dominate the run time, t
   calibration on the same batches, tensor-wise, quantized_dtype auto), hybridized the same way;
 - top-1 accuracy on the held-out digits, the saved size (symbol + params), and the ratios.
 
-Goals (issue 6): INT8 >= 2.5x faster than FP32; ilit's INT8 at least as fast as by hand; relative
+Goals: INT8 >= 2.5x faster than FP32; ilit's INT8 at least as fast as by hand; relative
 accuracy loss <= 1%. Run in the mxnet nox venv (MXNet 1.9.1, numpy 1.23.5):
 
     .nox/mxnet/bin/python benchmarks/mxnet_speedup.py

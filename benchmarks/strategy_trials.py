@@ -1,4 +1,4 @@
-"""Count the trials basic, mse and bayesian need to meet the accuracy goal (issue 7's benchmark).
+"""Count the trials basic, mse and bayesian need to meet the accuracy goal.
 
 Part 1 uses the toy adaptor (``ilit_toy``, installed from packages/ilit-core/tests/toy_plugin) on a
 synthetic 20-op numpy model with 2 known sensitive ("fragile") ops, over several seeds, and prints

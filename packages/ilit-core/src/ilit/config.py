@@ -260,7 +260,7 @@ def _number(value: Any, path: str, *, minimum: float = 0.0, integer: bool = Fals
 
 
 def _iterations(value: Any, path: str) -> Tuple[int, ...]:
-    if isinstance(value, str):  # the seed's "10, 50" form
+    if isinstance(value, str):  # a comma-separated "10, 50"
         try:
             value = [int(v) for v in value.split(",") if v.strip()]
         except ValueError:

@@ -3,7 +3,7 @@
 Importing it checks numpy first (MXNet 1.9.1 breaks on numpy >= 1.24), then imports mxnet.
 """
 
-from ._env import check_numpy, import_mxnet
+from ._deps import check_numpy, import_mxnet
 
 check_numpy()
 import_mxnet()

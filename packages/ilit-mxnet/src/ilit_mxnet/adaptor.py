@@ -22,7 +22,7 @@ from mxnet.contrib import quantization as mxq
 from ilit import Adaptor, calibration_key
 from ilit.tune_cfg import TuneCfg, is_quantized
 
-from ._env import KL_EXTRA, scipy_available
+from ._deps import KL_EXTRA, scipy_available
 from .calibration import LayerStats, StatsCollector, thresholds
 from .graph import BACKEND, FusedGraph, MonitoredExecutor, _nodes, _output_names
 from .model import SymbolModel, as_nd_inputs, is_checkpoint, to_symbol_model, trace_block
@@ -296,7 +296,7 @@ class MXNetAdaptor(Adaptor):
             return cached
         with_hist = "kl" in key[-1]
         if with_hist:
-            from ._env import require_scipy
+            from ._deps import require_scipy
 
             require_scipy()
         collector = StatsCollector(set(graph.activation_tensors()) | set(needed), histograms=with_hist)

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization as mxq
 
-from ._env import require_scipy
+from ._deps import require_scipy
 
 __all__ = ["LayerStats", "StatsCollector", "thresholds"]
 

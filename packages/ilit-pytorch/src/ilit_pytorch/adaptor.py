@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import logging
 import weakref
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -13,8 +12,9 @@ import numpy as np
 
 from ilit import Adaptor, calibration_key
 from ilit.tune_cfg import TuneCfg, is_quantized
+from ilit.logs import get_logger
 
-from ._torch import require_torch
+from ._deps import require_torch
 
 torch = require_torch()
 from torch import nn  # noqa: E402
@@ -30,7 +30,7 @@ from .serialize import load_model, save_model  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
 
-log = logging.getLogger("ilit")
+log = get_logger(__name__)
 
 WEIGHT_CAPABILITY = {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
                      "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]}

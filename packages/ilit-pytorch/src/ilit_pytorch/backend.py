@@ -10,7 +10,6 @@ only sees GraphModules, observers and ``QConfig`` objects passed through.
 from __future__ import annotations
 
 import functools
-import logging
 import operator
 import os
 import warnings
@@ -40,6 +39,8 @@ from torch.ao.quantization.observer import ObserverBase
 from torch.ao.quantization.quantize_fx import _fuse_fx, convert_fx, prepare_fx, prepare_qat_fx
 from torch.fx import GraphModule
 
+from ilit.logs import get_logger
+
 from .observers import PercentileObserver
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
     "HIST_OBSERVERS",
 ]
 
-log = logging.getLogger("ilit")
+log = get_logger(__name__)
 
 STATIC = "post_training_static_quant"
 DYNAMIC = "post_training_dynamic_quant"

@@ -10,7 +10,6 @@ Op names are the qualified module names (``layer1.0.conv1``), or ``<module>.add`
 from __future__ import annotations
 
 import copy
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -19,12 +18,14 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
+from ilit.logs import get_logger
+
 from . import backend
 
 __all__ = ["Op", "Unit", "Analysis", "analyze", "qualify", "get_submodule", "set_submodule", "LeafWrapper",
            "qconfig_entries", "keep_off_fast_path", "find_functional"]
 
-log = logging.getLogger("ilit")
+log = get_logger(__name__)
 
 
 def qualify(prefix: str, name: str) -> str:

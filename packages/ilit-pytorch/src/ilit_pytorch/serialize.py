@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import warnings
 from typing import Any, Dict, Optional
 
 import ilit
+from ilit.logs import get_logger
 import torch
 from torch import nn
 
@@ -28,7 +28,7 @@ from .version import __version__
 
 __all__ = ["save_model", "load_model", "ModelFileError", "MODEL_FILE", "STATE_FILE", "META_FILE", "FORMATS"]
 
-log = logging.getLogger("ilit")
+log = get_logger(__name__)
 MODEL_FILE = "model.pt"
 STATE_FILE = "state_dict.pt"
 META_FILE = "ilit_model.json"

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import inspect
 import itertools
-import logging
 import os
 import re
 import warnings
@@ -17,6 +16,7 @@ import numpy as np
 
 from ilit import Adaptor, calibration_key, is_quantized
 from ilit.tune_cfg import TuneCfg
+from ilit.logs import get_logger
 
 from . import flatbuffer as fb
 from ._deps import tf
@@ -26,7 +26,7 @@ from .sources import KerasSource, Source, as_float_arrays, batch_inputs, make_so
 
 __all__ = ["TensorFlowAdaptor", "QAT_MESSAGE", "run_converter"]
 
-log = logging.getLogger("ilit.tensorflow")
+log = get_logger(__name__)
 
 STATIC = "post_training_static_quant"
 DYNAMIC = "post_training_dynamic_quant"

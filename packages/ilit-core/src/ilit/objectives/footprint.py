@@ -20,7 +20,7 @@ from .modelsize import saved_size
 
 __all__ = ["Footprint", "peak_memory"]
 
-log = logging.getLogger("ilit")
+log = logging.getLogger(__name__)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 

@@ -30,7 +30,7 @@ from .basic import BasicStrategy, incremental_fallback
 
 __all__ = ["MSEStrategy", "normalized_mse", "rank_by_added_error"]
 
-log = logging.getLogger("ilit")
+log = logging.getLogger(__name__)
 
 
 def _leaves(value: Any) -> List[np.ndarray]:

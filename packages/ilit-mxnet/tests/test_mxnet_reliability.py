@@ -1,4 +1,4 @@
-"""Issue 8 for MXNet: models of another framework refused up front, saved models that never run code, the
+"""The MXNet adaptor's reliability: models of another framework refused up front, saved models that never run code, the
 user's FP32 model left exactly as it was, and failing user code with the real adaptor."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 8 for the pytorch adaptor: models it does not take, untrusted saved models, the user's model
+"""The pytorch adaptor's reliability: models it does not take, untrusted saved models, the user's model
 left exactly as it was by ``tune``, and failing user code (eval_func, q_func) with the real adaptor."""
 
 import copy

@@ -1,4 +1,4 @@
-"""Issue 8 for the TensorFlow adaptor: models of another framework, untrusted saved files, the user's model left
+"""The TensorFlow adaptor's reliability: models of another framework, untrusted saved files, the user's model left
 as it was, and failing user code, all through ``ilit.Tuner`` with the real adaptor."""
 
 from __future__ import annotations

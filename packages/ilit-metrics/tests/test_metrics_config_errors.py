@@ -1,5 +1,5 @@
 """Metric arguments in the YAML: anything a metric cannot take is an ilit.ConfigError at Tuner(conf),
-naming tuning.metric.<name>, never a TypeError from a constructor (issue 8)."""
+naming tuning.metric.<name>, never a TypeError from a constructor."""
 
 import os
 
