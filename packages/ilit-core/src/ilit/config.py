@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import yaml
 
 from .errors import ConfigError
+from .tune_cfg import APPROACHES, DYNAMIC, STATIC, TENSOR_FIELDS
 
 __all__ = [
     "Config",
@@ -34,7 +35,6 @@ __all__ = [
     "OBJECTIVES_BUILTIN",
 ]
 
-APPROACHES = ("post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training")
 ALGORITHMS = ("minmax", "kl", "percentile")
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("per_channel", "per_tensor")
@@ -42,8 +42,6 @@ DTYPES = ("int8", "uint8", "fp32")
 OBJECTIVES_BUILTIN = ("performance", "footprint", "modelsize")
 DEVICES = ("cpu",)
 
-#: The fields of a tensor's quantization choice, in the order tuning varies them.
-TENSOR_FIELDS = ("dtype", "scheme", "granularity", "algorithm")
 _ALLOWED = {"dtype": DTYPES, "scheme": SCHEMES, "granularity": GRANULARITIES, "algorithm": ALGORITHMS}
 
 Choices = Optional[Tuple[str, ...]]
@@ -84,7 +82,7 @@ class CalibrationConfig:
 class QuantizationConfig:
     """The approach and the global (model-wise) quantization choices."""
 
-    approach: str = "post_training_static_quant"
+    approach: str = STATIC
     weight: TensorQuantConfig = field(default_factory=TensorQuantConfig)
     activation: TensorQuantConfig = field(default_factory=TensorQuantConfig)
 
@@ -354,7 +352,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
 
     q = _mapping(data.get("quantization"), "quantization")
     _check_keys(q, "quantization", ("approach", "weight", "activation"))
-    approach = q.get("approach", "post_training_static_quant")
+    approach = q.get("approach", STATIC)
     if approach not in APPROACHES:
         raise ConfigError("quantization.approach",
                           f"{_short(approach)} is not valid; expected one of {list(APPROACHES)}")
@@ -368,7 +366,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     weight = TensorQuantConfig(weight.dtype, weight.scheme, weight.granularity,
                                weight.algorithm or calibration.weight_algorithm)
     act = TensorQuantConfig(act.dtype, act.scheme, act.granularity, act.algorithm or calibration.activation_algorithm)
-    if approach == "post_training_dynamic_quant" and act.algorithm:
+    if approach == DYNAMIC and act.algorithm:
         where = ("calibration.algorithm.activation" if calibration.activation_algorithm
                  else "quantization.activation.algorithm")
         raise ConfigError(where, "conflicts with quantization.approach post_training_dynamic_quant, which computes "

@@ -35,8 +35,13 @@ class ResumeError(ValueError):
 class ModelFileError(ValueError):
     """A file read as a saved model is not one the adaptor wrote; nothing in it was run.
 
-    Each adaptor's ``load`` raises a subclass, whose message names the file and what is wrong with it.
+    ``file`` is its path. Each adaptor's ``load`` raises this or a subclass, with a message that names the file,
+    says what is wrong with it and how to get a file it can load.
     """
+
+    def __init__(self, file: str, message: str) -> None:
+        self.file = file
+        super().__init__(message)
 
 
 class RepeatedTrialError(RuntimeError):

@@ -26,9 +26,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .config import TENSOR_FIELDS, Config, TensorQuantConfig
+from .config import Config, TensorQuantConfig
 from .errors import ConfigError
-from .tune_cfg import TuneCfg
+from .tune_cfg import STATIC, TENSOR_FIELDS, TuneCfg
 
 __all__ = ["TuningSpace", "OpKey"]
 
@@ -88,7 +88,7 @@ class TuningSpace:
     @classmethod
     def build(cls, capability: Mapping[str, Any], config: Config) -> "TuningSpace":
         """Intersect ``capability`` with ``config``; raise ConfigError when nothing is left."""
-        approaches = list(capability.get("approaches", ["post_training_static_quant"]))
+        approaches = list(capability.get("approaches", [STATIC]))
         approach = config.quantization.approach
         if approach not in approaches:
             raise ConfigError("quantization.approach",

@@ -27,6 +27,11 @@ import json
 from typing import Any, Dict, List, Mapping, Tuple
 
 __all__ = [
+    "STATIC",
+    "DYNAMIC",
+    "QAT",
+    "APPROACHES",
+    "TENSOR_FIELDS",
     "TuneCfg",
     "is_quantized",
     "quantized_ops",
@@ -37,6 +42,15 @@ __all__ = [
 ]
 
 TuneCfg = Dict[str, Any]
+
+#: the values of a tune_cfg's ``approach`` (and of the YAML's ``quantization.approach``)
+STATIC = "post_training_static_quant"
+DYNAMIC = "post_training_dynamic_quant"
+QAT = "quant_aware_training"
+APPROACHES = (STATIC, DYNAMIC, QAT)
+
+#: the fields of a quantized tensor's entry (``weight`` or ``activation``), in the order tuning varies them
+TENSOR_FIELDS = ("dtype", "scheme", "granularity", "algorithm")
 
 
 def is_quantized(op_cfg: Mapping[str, Any]) -> bool:

@@ -20,7 +20,8 @@ import numpy as np
 from mxnet.contrib import quantization as mxq
 
 from ilit import Adaptor, calibration_key
-from ilit.tune_cfg import TuneCfg, is_quantized
+from ilit.tune_cfg import DYNAMIC, QAT, STATIC, TuneCfg, is_quantized
+from ilit.batches import batch_inputs, selected_batches
 
 from ._deps import KL_EXTRA, scipy_available
 from .calibration import LayerStats, StatsCollector, thresholds
@@ -29,17 +30,7 @@ from .model import SymbolModel, as_nd_inputs, is_checkpoint, to_symbol_model, tr
 
 __all__ = ["MXNetAdaptor"]
 
-STATIC = "post_training_static_quant"
-DYNAMIC = "post_training_dynamic_quant"
-QAT = "quant_aware_training"
 _GRANULARITY = {"per_tensor": "tensor-wise", "per_channel": "channel-wise"}
-
-
-def _batch_inputs(batch: Any) -> Any:
-    """The inputs of one ``(inputs, labels)`` batch (a bare batch is taken as inputs)."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0]
-    return batch
 
 
 def quantized_dtype_for(dtype: str, scheme: str) -> str:
@@ -162,7 +153,7 @@ class MXNetAdaptor(Adaptor):
         if src.fp32 is None:
             example = None
             if dataloader is not None:
-                example = _batch_inputs(next(iter(dataloader)))
+                example = batch_inputs(next(iter(dataloader)))
             src.fp32 = to_symbol_model(src.model, example)
         return src.fp32
 
@@ -305,7 +296,7 @@ class MXNetAdaptor(Adaptor):
         for i, batch in enumerate(dataloader):
             if i >= iterations:
                 break
-            exe.run(as_nd_inputs(_batch_inputs(batch)), collector.collect, monitor_all=True)
+            exe.run(as_nd_inputs(batch_inputs(batch)), collector.collect, monitor_all=True)
             collector.stats.batches += 1
             self.calibration_batches += 1
         if collector.stats.batches == 0:
@@ -369,15 +360,9 @@ class MXNetAdaptor(Adaptor):
         wanted = {t for ts in targets.values() for t in ts}
         result: Dict[str, List[np.ndarray]] = {op: [] for op in op_list}
         exe = MonitoredExecutor(symbol, args, auxs, names, types)
-        iters = set(int(i) for i in iteration_list)
-        for i, batch in enumerate(dataloader):
-            if not iters:
-                break
-            if i not in iters:
-                continue
-            iters.discard(i)
+        for _, batch in selected_batches(dataloader, iteration_list):
             seen: Dict[str, mx.nd.NDArray] = {}
-            exe.run(as_nd_inputs(_batch_inputs(batch)),
+            exe.run(as_nd_inputs(batch_inputs(batch)),
                     lambda name, arr: seen.__setitem__(name, arr.copyto(mx.cpu())) if name in wanted else None)
             for op, ts in targets.items():
                 result[op].append(_dequantized([seen[t] for t in ts if t in seen]))

@@ -33,8 +33,7 @@ class ModelFileError(ilit.ModelFileError):
     """
 
     def __init__(self, file: str, reason: str) -> None:
-        self.file = file
-        super().__init__(f"{file} is not a model ilit saved (nor an MXNet checkpoint file): {reason}. ilit-mxnet "
+        super().__init__(file, f"{file} is not a model ilit saved (nor an MXNet checkpoint file): {reason}. ilit-mxnet "
                          f"reads only MXNet's symbol JSON and .params formats and its own {META_FILE}, and never "
                          "unpickles: load a directory written by ilit (tuner workspace best_model, adaptor.save) or "
                          "an MXNet checkpoint (HybridBlock.export, mx.model.save_checkpoint)")

@@ -13,6 +13,7 @@ import numpy as np
 from ilit import Adaptor, calibration_key
 from ilit.tune_cfg import TuneCfg, is_quantized
 from ilit.logs import get_logger
+from ilit.batches import batch_inputs, selected_batches
 
 from ._deps import require_torch
 
@@ -21,7 +22,7 @@ from torch import nn  # noqa: E402
 
 from . import backend  # noqa: E402
 from .backend import DYNAMIC, QAT, STATIC  # noqa: E402
-from .calibration import (Tap, batch_inputs, call_model, collect_stats, load_stats, run_batches,  # noqa: E402
+from .calibration import (Tap, call_model, collect_stats, load_stats, run_batches,  # noqa: E402
                           stat_kinds, tapped_model)
 from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_off_fast_path,  # noqa: E402
                     qconfig_entries, set_submodule)
@@ -329,11 +330,7 @@ class PyTorchAdaptor(Adaptor):
                     set_submodule(model, prefix, tap)
         try:
             with torch.no_grad():
-                for i, batch in enumerate(dataloader):
-                    if i > max(iteration_list, default=-1):
-                        break
-                    if i not in iteration_list:
-                        continue
+                for _, batch in selected_batches(dataloader, iteration_list):
                     current.clear()
                     call_model(runner, batch_inputs(batch))
                     for name in op_list:

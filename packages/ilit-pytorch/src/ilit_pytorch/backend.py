@@ -40,6 +40,7 @@ from torch.ao.quantization.quantize_fx import _fuse_fx, convert_fx, prepare_fx, 
 from torch.fx import GraphModule
 
 from ilit.logs import get_logger
+from ilit.tune_cfg import DYNAMIC, QAT, STATIC
 
 from .observers import PercentileObserver
 
@@ -52,9 +53,6 @@ __all__ = [
 
 log = get_logger(__name__)
 
-STATIC = "post_training_static_quant"
-DYNAMIC = "post_training_dynamic_quant"
-QAT = "quant_aware_training"
 APPROACHES = (STATIC, DYNAMIC, QAT)
 
 _QSCHEMES = {

@@ -18,10 +18,12 @@ import torch
 from torch import fx, nn
 from torch.fx import GraphModule, Node
 
+from ilit.batches import batch_inputs
+
 from . import backend
 from .graph import Analysis, keep_off_fast_path, set_submodule
 
-__all__ = ["Tap", "collect_stats", "load_stats", "stat_kinds", "run_batches", "batch_inputs", "call_model"]
+__all__ = ["Tap", "collect_stats", "load_stats", "stat_kinds", "run_batches", "call_model"]
 
 Stats = Dict[str, Dict[str, Dict[str, nn.Module]]]  # unit prefix -> node name -> kind -> recording observer
 
@@ -30,13 +32,6 @@ def stat_kinds(algorithms: Iterable[str]) -> List[str]:
     """The statistics the given activation algorithms need: 'minmax' and/or 'hist'."""
     kinds = {"minmax" if a == "minmax" else "hist" for a in algorithms}
     return sorted(kinds)
-
-
-def batch_inputs(batch: Any) -> Any:
-    """The inputs of one dataloader batch: ``(inputs, labels)`` pairs give inputs, anything else is inputs."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0]
-    return batch
 
 
 def _tensor(x: Any) -> Any:

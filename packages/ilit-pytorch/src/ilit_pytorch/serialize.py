@@ -41,10 +41,6 @@ class ModelFileError(ilit.ModelFileError):
     ``file`` is its path; the message says what is wrong with it.
     """
 
-    def __init__(self, file: str, message: str) -> None:
-        self.file = file
-        super().__init__(message)
-
 
 def _as_args(inputs: Any) -> Any:
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)

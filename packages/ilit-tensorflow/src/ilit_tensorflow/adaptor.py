@@ -15,22 +15,20 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 import numpy as np
 
 from ilit import Adaptor, calibration_key, is_quantized
-from ilit.tune_cfg import TuneCfg
+from ilit.tune_cfg import DYNAMIC, QAT, STATIC, TuneCfg
 from ilit.logs import get_logger
+from ilit.batches import batch_inputs, selected_batches
 
 from . import flatbuffer as fb
 from ._deps import tf
 from .model import TFLiteModel
 from .ranges import ALGORITHMS, compute_range, subsample
-from .sources import KerasSource, Source, as_float_arrays, batch_inputs, make_source, model_kind
+from .sources import KerasSource, Source, as_float_arrays, keras_layers, make_source, model_kind
 
 __all__ = ["TensorFlowAdaptor", "QAT_MESSAGE", "run_converter"]
 
 log = get_logger(__name__)
 
-STATIC = "post_training_static_quant"
-DYNAMIC = "post_training_dynamic_quant"
-QAT = "quant_aware_training"
 QAT_MESSAGE = ("quant_aware_training is not implemented by the TensorFlow adaptor: TensorFlow 2.21's tf.keras is "
                "Keras 3, which tensorflow-model-optimization (the QAT toolkit) does not support. Use "
                "post_training_static_quant (full INT8 with a calibration set) or post_training_dynamic_quant "
@@ -67,17 +65,6 @@ def _scope_name(tensor_names: Sequence[str], layers: Optional[Set[str]]) -> str:
                     scope = scope[1:]  # drop the model's root scope
                 return "/".join(_strip_suffix(c, layers) for c in scope)
     return ""
-
-
-def keras_layer_names(model: Any) -> Set[str]:
-    """Names of a Keras model's layers, nested models' layers included."""
-    names: Set[str] = set()
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        names.add(layer.name)
-        stack.extend(getattr(layer, "layers", []) or [])
-    return names
 
 
 def name_ops(float_content: bytes, float_ops: Sequence[fb.OpInfo], types: Sequence[str],
@@ -159,7 +146,7 @@ class TensorFlowAdaptor(Adaptor):
             content = run_converter(source.converter(), source)
             self.float_conversions += 1
             ops = fb.op_list(content)
-            layers = keras_layer_names(source.model) if isinstance(source, KerasSource) else None
+            layers = {la.name for la in keras_layers(source.model)} if isinstance(source, KerasSource) else None
             names = name_ops(content, ops, fb.STATIC_OPS, layers)
             prep = _Prepared(model, source, content, ops, names)
             self._prepared[key] = prep
@@ -323,17 +310,11 @@ class TensorFlowAdaptor(Adaptor):
                        iteration_list: Sequence[int]) -> Dict[str, List[np.ndarray]]:
         """Each op's output, as float, for the chosen batches; an FP32 model runs as its float TFLite conversion."""
         runner = self._as_tflite(model)
-        wanted = set(int(i) for i in iteration_list)
         out: Dict[str, List[np.ndarray]] = {name: [] for name in op_list}
-        if not wanted:
-            return out
-        for i, batch in enumerate(dataloader):
-            if i > max(wanted):
-                break
-            if i in wanted:
-                values = runner.op_outputs(batch_inputs(batch), op_list)
-                for name in op_list:
-                    out[name].append(values[name])
+        for _, batch in selected_batches(dataloader, iteration_list):
+            values = runner.op_outputs(batch_inputs(batch), op_list)
+            for name in op_list:
+                out[name].append(values[name])
         return out
 
     def save(self, model: Any, path: str) -> None:

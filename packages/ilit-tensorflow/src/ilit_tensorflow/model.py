@@ -52,8 +52,7 @@ class InvalidModelFileError(ilit.ModelFileError):
     """A file handed to :meth:`TFLiteModel.load` is not a model the TensorFlow adaptor saved."""
 
     def __init__(self, file: str, reason: str) -> None:
-        self.file = file
-        super().__init__(f"{file!r} is not a model ilit saved: {reason}. The TensorFlow adaptor loads the "
+        super().__init__(file, f"{file!r} is not a model ilit saved: {reason}. The TensorFlow adaptor loads the "
                          f"directory its save() wrote ({MODEL_FILE} and {META_FILE}) or a .tflite file, and runs "
                          "no code from either; save the model again with adaptor.save(model, path)")
 

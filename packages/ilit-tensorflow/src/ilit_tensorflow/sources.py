@@ -17,6 +17,19 @@ from ._deps import tf
 TF_MODULES = ("keras", "tensorflow")
 
 
+def keras_layers(model: Any) -> List[Any]:
+    """A Keras model and every layer in it, nested models' and custom layers' sublayers included."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=True, recursive=True))
+    out, stack = [], [model]
+    while stack:
+        layer = stack.pop()
+        out.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return out
+
+
 def is_saved_model_dir(model: Any) -> bool:
     """Whether ``model`` is a path to a SavedModel directory."""
     return isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), "saved_model.pb"))
@@ -39,13 +52,6 @@ def model_kind(model: Any) -> Optional[str]:
     if isinstance(model, tfm.types.experimental.PolymorphicFunction) and model.input_signature is not None:
         return "function"
     return None
-
-
-def batch_inputs(batch: Any) -> Any:
-    """The inputs of a dataloader batch: the first item of an ``(inputs, labels)`` pair, else the batch."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0]
-    return batch
 
 
 def as_float_arrays(inputs: Any) -> Any:
@@ -108,24 +114,12 @@ class KerasSource(Source):
         x = inputs if isinstance(inputs, (dict, list, tuple)) else np.asarray(inputs, dtype=np.float32)
         return self._fn(x)
 
-    def _layers(self) -> List[Any]:
-        """The model and every layer in it, nested ones included."""
-        flatten = getattr(self.model, "_flatten_layers", None)
-        if flatten is not None:
-            return list(flatten(include_self=True, recursive=True))
-        out, stack = [], [self.model]
-        while stack:
-            layer = stack.pop()
-            out.append(layer)
-            stack.extend(getattr(layer, "layers", []) or [])
-        return out
-
     @contextlib.contextmanager
     def unchanged(self) -> Iterator[None]:
         """Undo what a conversion leaves on the model: Keras's SavedModel export (which ``from_keras_model``
         runs) sets ``train_function``/``test_function``/``predict_function = None`` on every layer that lacked
         them; attributes a conversion adds as None are removed again, so tuning leaves the model as given."""
-        layers = self._layers()
+        layers = keras_layers(self.model)
         before = [set(vars(layer)) for layer in layers]
         try:
             yield

@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import TENSOR_FIELDS
+from ..tune_cfg import TENSOR_FIELDS
 from ..strategy import Strategy, TrialResult
 from ..tune_cfg import TuneCfg
 

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from ilit import Adaptor, calibration_key
-from ilit.tune_cfg import is_quantized
+from ilit.tune_cfg import APPROACHES, DYNAMIC, QAT, is_quantized
+from ilit.batches import batch_inputs, selected_batches
 
 from .model import Dense, ToyModel
 
@@ -61,16 +62,17 @@ class ToyAdaptor(Adaptor):
                 "activation": {"dtype": ["uint8", "int8", "fp32"], "scheme": ["asym", "sym"],
                                "granularity": ["per_tensor"], "algorithm": list(ALGOS)},
             }
-        return {"approaches": ["post_training_static_quant", "post_training_dynamic_quant", "quant_aware_training"],
+        return {"approaches": list(APPROACHES),
                 "op_wise": caps}
 
     def _calibrate(self, tune_cfg, model: ToyModel, dataloader) -> Dict[str, Tuple[float, float]]:
         key = calibration_key(tune_cfg)
         if key not in self._stats:
             inputs: Dict[str, List[np.ndarray]] = {l.name: [] for l in model.layers}
-            for i, (x, _y) in enumerate(dataloader):
+            for i, batch in enumerate(dataloader):
                 if i >= tune_cfg["calibration"]["iterations"]:
                     break
+                x = batch_inputs(batch)
                 self.calibration_batches += 1
                 for layer in model.layers:
                     inputs[layer.name].append(x)
@@ -85,9 +87,9 @@ class ToyAdaptor(Adaptor):
     def quantize(self, tune_cfg, model: ToyModel, dataloader, q_func=None) -> ToyModel:
         self.quantize_calls += 1
         q = copy.deepcopy(model)
-        if tune_cfg["approach"] == "quant_aware_training" and q_func is not None:
+        if tune_cfg["approach"] == QAT and q_func is not None:
             q_func(q)  # the user's training loop runs on the copy, as a framework's QAT would
-        dynamic = tune_cfg["approach"] == "post_training_dynamic_quant"
+        dynamic = tune_cfg["approach"] == DYNAMIC
         stats = {} if dynamic else self._calibrate(tune_cfg, model, dataloader)
         for layer in q.layers:
             op = tune_cfg["ops"][layer.name]
@@ -123,11 +125,10 @@ class ToyAdaptor(Adaptor):
 
     def inspect_tensor(self, model: ToyModel, dataloader, op_list, iteration_list) -> Dict[str, List[np.ndarray]]:
         out: Dict[str, List[np.ndarray]] = {name: [] for name in op_list}
-        for i, (x, _y) in enumerate(dataloader):
-            if i in iteration_list:
-                outs = model.outputs(x)
-                for name in op_list:
-                    out[name].append(outs[name])
+        for _, batch in selected_batches(dataloader, iteration_list):
+            outs = model.outputs(batch_inputs(batch))
+            for name in op_list:
+                out[name].append(outs[name])
         return out
 
     def save(self, model: ToyModel, path: str) -> None:
