@@ -14,7 +14,7 @@ nox.options.reuse_existing_virtualenvs = False
 
 CORE = "./packages/ilit-core"
 METRICS = "./packages/ilit-metrics"
-TOY = "./packages/ilit-core/tests/toy_plugin"
+TOY = "./packages/ilit-toy"
 
 TORCH = "torch==2.13.0"
 LINT = ("ruff==0.17.6", "mypy==2.4.1", "types-PyYAML", "numpy")

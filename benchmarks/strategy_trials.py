@@ -1,6 +1,6 @@
 """Count the trials basic, mse and bayesian need to meet the accuracy goal.
 
-Part 1 uses the toy adaptor (``ilit_toy``, installed from packages/ilit-core/tests/toy_plugin) on a
+Part 1 uses the toy adaptor (``ilit_toy``, installed from packages/ilit-toy) on a
 synthetic 20-op numpy model with 2 known sensitive ("fragile") ops, over several seeds, and prints
 the trials each strategy needs and the objective (model size) of the config it returns.
 Part 2 runs one small real model through each framework adaptor that imports here
@@ -316,7 +316,7 @@ def main() -> None:
         try:
             import ilit_toy  # noqa: F401
         except ImportError:
-            print("toy part not run: ilit_toy is not installed (pip install packages/ilit-core/tests/toy_plugin)")
+            print("toy part not run: ilit_toy is not installed (pip install packages/ilit-toy)")
         else:
             rows = toy_table(range(args.seeds), args.max_trials)
             print_toy(rows, args.max_trials)

@@ -53,7 +53,7 @@ def test_importing_the_package_loads_no_framework_and_no_pycocotools():
 
 
 # ---------------------------------------------------------------------- a real tuning run (toy adaptor)
-# the toy adaptor plugin, installed from packages/ilit-core/tests/toy_plugin
+# the toy adaptor plugin, installed from packages/ilit-toy
 import ilit_toy as toy  # noqa: E402
 
 

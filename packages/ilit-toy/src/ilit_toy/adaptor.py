@@ -6,11 +6,12 @@ import contextlib
 import copy
 import json
 import os
+import zipfile
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from ilit import Adaptor, calibration_key
+from ilit import Adaptor, ModelFileError, calibration_key
 from ilit.tune_cfg import APPROACHES, DYNAMIC, QAT, is_quantized
 from ilit.batches import batch_inputs, selected_batches
 
@@ -46,6 +47,11 @@ class ToyAdaptor(Adaptor):
             yield model
         finally:
             model.training = was
+
+    @classmethod
+    def accepts(cls, model: Any) -> bool:
+        """A ToyModel only: a layer or anything else from ilit_toy is not a model the adaptor tunes."""
+        return isinstance(model, ToyModel)
 
     @classmethod
     def reject_reason(cls, model):
@@ -148,9 +154,26 @@ class ToyAdaptor(Adaptor):
             json.dump(meta, f)
 
     def load(self, path: str) -> ToyModel:
-        with open(os.path.join(path, "model.json")) as f:
-            meta = json.load(f)
-        arrays = np.load(os.path.join(path, "weights.npz"), allow_pickle=False)
+        """Read what :meth:`save` wrote; anything else is an ``ilit.ModelFileError`` and nothing in it runs."""
+        meta_file, weights_file = os.path.join(path, "model.json"), os.path.join(path, "weights.npz")
+        try:
+            with open(meta_file, "rb") as f:
+                meta = json.loads(f.read().decode("utf-8"))
+            if not isinstance(meta, list) or not all(isinstance(m, dict) for m in meta):
+                raise ValueError("not a list of layer objects")
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ModelFileError(meta_file, f"{meta_file} is not a toy model's metadata ({exc}); "
+                                 "load a directory ToyAdaptor.save wrote") from None
+        try:
+            with np.load(weights_file, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            return self._build(meta, arrays)
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelFileError(weights_file, f"{weights_file} does not hold the toy model's weights "
+                                 f"({type(exc).__name__}: {exc}); load a directory ToyAdaptor.save wrote") from None
+
+    @staticmethod
+    def _build(meta: List[Dict[str, Any]], arrays: Dict[str, np.ndarray]) -> ToyModel:
         layers = []
         for i, m in enumerate(meta):
             if m["qcfg"]:
