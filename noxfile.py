@@ -46,6 +46,7 @@ def core(session: nox.Session) -> None:
     session.run("python", "packages/ilit-core/tests/check_light_install.py")
     session.install(f"{CORE}[report]", TOY, "pytest", "hypothesis", "scikit-learn")  # report: matplotlib
     pytest(session, "packages/ilit-core/tests")
+    pytest(session, "packages/ilit-toy/tests")  # the adaptor contract kit (ilit.testing) against the toy plugin
 
 
 @nox.session

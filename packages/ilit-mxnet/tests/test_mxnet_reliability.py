@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ilit
+from ilit.testing import AdaptorContract, ContractSpec
 import mxnet as mx
 from conftest import accuracy, first_config, make_adaptor, make_gluon_net
 from ilit_mxnet import MXNetAdaptor, ModelFileError, SymbolModel
@@ -401,3 +402,17 @@ def test_an_eval_func_failing_on_the_fp32_model_stops_tuning_with_its_error(gluo
         tuner.tune(gluon_net, calib, eval_func=eval_func)
     assert err.value is error
     assert calls == [] and tuner.history.trials == []
+
+
+# ---------------------------------------------------------------------------------------------- the contract kit
+class TestMXNetAdaptorContract(AdaptorContract):
+    """ilit.testing's conformance suite, the one every adaptor runs, on the session's hybridized Gluon net."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def spec(cls, gluon_net, calib):
+        return ContractSpec(framework="mxnet", make_model=lambda: gluon_net, batches=calib[:4], state=_block_state,
+                            metric={"topk": 1},
+                            config={"quantization": {"weight": {"granularity": "per_tensor"},
+                                                     "activation": {"scheme": "asym"}}},
+                            foreign_models={"ndarray": lambda: mx.nd.zeros((2, 64))})

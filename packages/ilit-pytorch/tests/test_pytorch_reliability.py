@@ -16,6 +16,7 @@ from torch import nn
 from conftest import UnscriptableNet, accuracy, make_adaptor, train
 
 import ilit
+from ilit.testing import AdaptorContract, ContractSpec
 from ilit.tune_cfg import fallback_ops
 from ilit_pytorch import PyTorchAdaptor
 from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE, ModelFileError
@@ -407,3 +408,26 @@ def test_a_torchscript_module_without_framework_name_is_explained_without_loadin
                        match="belongs to the pytorch adaptor, which does not take it .*scripted from"):
         ilit.Tuner(conf).tune(scripted, q_dataloader=digits[0], eval_func=lambda m: 1.0)
     assert "tensorflow" not in sys.modules and "mxnet" not in sys.modules
+
+
+# ------------------------------------------------------------------ 5. the adaptor contract kit
+def numpy_snapshot(model):
+    """``snapshot`` as numpy and plain values, the form ilit.testing compares."""
+    snap = snapshot(model)
+    return {**snap,
+            "state": {k: _bits(v).numpy() for k, v in snap["state"].items()},
+            "grad": {k: None if g is None else _bits(g).numpy() for k, g in snap["grad"].items()}}
+
+
+class TestPyTorchAdaptorContract(AdaptorContract):
+    """ilit.testing's conformance suite, the one every adaptor runs, on the digits CNN."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def spec(cls, trained_cnn, digits):
+        return ContractSpec(
+            framework="pytorch", make_model=lambda: copy.deepcopy(trained_cnn), batches=digits[1][:4],
+            state=numpy_snapshot, metric={"topk": 1},
+            config={"quantization": {"activation": {"algorithm": "minmax"}}},
+            foreign_models={"torch_tensor": lambda: torch.zeros(2, 64),
+                            "torchscript": lambda: torch.jit.script(copy.deepcopy(trained_cnn).eval())})

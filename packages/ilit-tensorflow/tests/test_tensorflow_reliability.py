@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 import ilit
+from ilit.testing import AdaptorContract, ContractSpec
 import ilit_tensorflow.adaptor as tf_adaptor
 from ilit_tensorflow import InvalidModelFileError, TensorFlowAdaptor, TFLiteModel
 from ilit_tensorflow import flatbuffer as fb
@@ -373,3 +374,16 @@ def test_a_failing_fp32_baseline_stops_tuning_with_that_error(keras_model, calib
     assert "quantize" not in adaptor_calls and tuner.adaptor.calibration_batches == 0
     assert tuner.history.trials == []
 
+
+
+# ---------------------------------------------------------------------- 5. the adaptor contract kit
+class TestTensorFlowAdaptorContract(AdaptorContract):
+    """ilit.testing's conformance suite, the one every adaptor runs, on the session's Keras digits model."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def spec(cls, keras_model, calib_loader):
+        return ContractSpec(framework="tensorflow", make_model=lambda: keras_model, batches=calib_loader[:4],
+                            state=model_state, metric={"topk": 1},
+                            foreign_models={"keras_layer": lambda: keras_model.layers[1],
+                                            "tf_function_without_signature": lambda: tf.function(lambda x: x)})

@@ -11,6 +11,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional
 
 import numpy as np
 
+from .batches import split_batch
 from .config import Config
 from .metric import Metric
 from .tune_cfg import TuneCfg
@@ -74,7 +75,11 @@ class Adaptor(ABC):
     def evaluate(self, model: Any, dataloader: Iterable[Any], metric: Metric) -> float:
         """Run ``model`` over ``(inputs, labels)`` batches, feed ``metric`` numpy arrays, return its result."""
         metric.reset()
-        for inputs, labels in dataloader:
+        for batch in dataloader:
+            inputs, labels = split_batch(batch)
+            if labels is None:
+                raise ValueError(f"eval_dataloader yielded a {type(batch).__name__} that is not an (inputs, labels) "
+                                 "pair; a metric needs the labels: yield (inputs, labels), or pass eval_func")
             metric.update(to_numpy(self.infer(model, inputs)), to_numpy(labels))
         return float(metric.result())
 

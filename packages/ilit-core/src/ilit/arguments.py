@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Optional
 
+from .batches import batch_inputs
 from .config import Config
 from .errors import ConfigError
+from .tune_cfg import QAT, STATIC
 
 __all__ = ["check_arguments", "check_loader", "first_inputs", "describe_inputs"]
 
@@ -27,9 +29,9 @@ def check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader
                           "or pass eval_func instead")
     if q_dataloader is None:
         raise ValueError("tune() needs q_dataloader, an iterable of (inputs, labels) batches for calibration")
-    if cfg.quantization.approach == "quant_aware_training" and q_func is None:
-        raise ValueError("quantization.approach quant_aware_training needs q_func(model), your training loop, "
-                         "which ilit calls on each prepared model; pass q_func or use post_training_static_quant")
+    if cfg.quantization.approach == QAT and q_func is None:
+        raise ValueError(f"quantization.approach {QAT} needs q_func(model), your training loop, "
+                         f"which ilit calls on each prepared model; pass q_func or use {STATIC}")
     check_loader(q_dataloader, "q_dataloader")
     if eval_dataloader is not None:
         check_loader(eval_dataloader, "eval_dataloader")
@@ -55,10 +57,7 @@ def check_loader(loader: Any, name: str) -> Any:
 
 def first_inputs(loader: Any) -> Any:
     """The inputs of a loader's first batch (the whole batch when it is not an ``(inputs, labels)`` pair)."""
-    batch = next(iter(loader))
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0]
-    return batch
+    return batch_inputs(next(iter(loader)))
 
 
 def describe_inputs(value: Any, depth: int = 0, limit: int = 12) -> str:

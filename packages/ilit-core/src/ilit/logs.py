@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["ROOT", "get_logger"]
+__all__ = ["ROOT", "get_logger", "ensure_log_output"]
 
 #: the logger every ilit module and plugin logs under
 ROOT = "ilit"
@@ -22,3 +22,20 @@ def get_logger(module: str) -> logging.Logger:
         return logging.getLogger(module)
     return logging.getLogger(f"{ROOT}.{module}")
 
+
+
+def ensure_log_output() -> None:
+    """Show the ``ilit`` logger's INFO lines (the per-trial lines) on stderr, unless the app configured logging.
+
+    ilit's own handler does not propagate: a root handler added later (TensorFlow's absl does) would print
+    every line twice.
+    """
+    log = logging.getLogger(ROOT)
+    if not log.hasHandlers():
+        from .progress import ProgressHandler  # a StreamHandler that keeps the status line off the log lines
+
+        handler = ProgressHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s [ilit] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

@@ -12,29 +12,13 @@ from .config import Config, load_config
 from .detect import adaptor_class
 from .evaluation import Evaluator, build_metric
 from .history import History, Trial
+from .logs import ensure_log_output
 from .objective import Objective
 from .run import RunData, TuningRun
 from .workspace import Workspace
 
 __all__ = ["Tuner"]
 
-_root_log = logging.getLogger("ilit")
-
-
-def _ensure_log_output() -> None:
-    """Show the per-trial lines by default; an app that configured logging keeps its own setup.
-
-    ilit's own handler does not propagate: a root handler added later (TensorFlow's absl does) would print
-    every line twice.
-    """
-    if not _root_log.hasHandlers():
-        from .progress import ProgressHandler  # a StreamHandler that keeps the status line off the log lines
-
-        handler = ProgressHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [ilit] %(message)s", "%H:%M:%S"))
-        _root_log.addHandler(handler)
-        _root_log.setLevel(logging.INFO)
-        _root_log.propagate = False
 
 
 class Tuner:
@@ -73,7 +57,7 @@ class Tuner:
         Give either ``eval_dataloader`` (with ``tuning.metric`` in the config) or ``eval_func(model)``
         returning a float where higher is better. The FP32 ``model`` is never modified.
         """
-        _ensure_log_output()
+        ensure_log_output()
         cfg = self.config
         # every check on the arguments, the workspace and the resume file runs before any calibration
         check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func)
