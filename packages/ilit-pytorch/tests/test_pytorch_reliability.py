@@ -343,7 +343,7 @@ def test_saving_by_trace_leaves_a_training_model_unchanged(digits, tmp_path):
 
 
 # ------------------------------------------------------------------ 4. failing user code, real adaptor
-@pytest.mark.parametrize("failure", ["raise", "nan", "string"])
+@pytest.mark.parametrize("failure", ["string"])  # raise and nan: the contract kit below
 def test_an_eval_func_failing_on_one_trial_is_recorded_and_tuning_goes_on(failure, trained_cnn, digits, tmp_path):
     calls = []
 
@@ -383,20 +383,6 @@ def test_a_q_func_failing_on_one_qat_trial_is_recorded_and_tuning_goes_on(traine
     assert second.error is None and second.meets and q is not None
     assert len(calls) == 2 and all(m is not trained_cnn for m in calls)  # q_func trains copies
     assert_unchanged(trained_cnn, before)
-
-
-def test_an_eval_func_failing_on_the_fp32_model_stops_tune_with_that_error(trained_cnn, digits, tmp_path):
-    error = KeyError("labels")
-
-    def eval_func(model):
-        raise error
-
-    tuner = ilit.Tuner(_conf(tmp_path))
-    with pytest.raises(KeyError) as info:
-        tuner.tune(trained_cnn, q_dataloader=digits[0], eval_func=eval_func)
-    assert info.value is error
-    assert tuner.adaptor.quantize_calls == 0 and tuner.adaptor.calibration_batches == 0
-    assert tuner.history.trials == []
 
 
 def test_a_torchscript_module_without_framework_name_is_explained_without_loading_other_adaptors(

@@ -360,22 +360,6 @@ def test_a_failing_trial_is_recorded_and_tuning_goes_on(keras_model, calib_loade
     assert [t["error"] for t in on_disk["trials"]] == [t.error for t in trials]
 
 
-def test_a_failing_fp32_baseline_stops_tuning_with_that_error(keras_model, calib_loader, test_loader, tmp_path,
-                                                             adaptor_calls):
-    error = KeyError("labels.csv")
-
-    def eval_func(model):
-        raise error
-
-    tuner = ilit.Tuner(tuner_conf(tmp_path))
-    with pytest.raises(KeyError) as info:
-        tuner.tune(keras_model, calib_loader, eval_func=eval_func)
-    assert info.value is error
-    assert "quantize" not in adaptor_calls and tuner.adaptor.calibration_batches == 0
-    assert tuner.history.trials == []
-
-
-
 # ---------------------------------------------------------------------- 5. the adaptor contract kit
 class TestTensorFlowAdaptorContract(AdaptorContract):
     """ilit.testing's conformance suite, the one every adaptor runs, on the session's Keras digits model."""

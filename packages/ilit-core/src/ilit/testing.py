@@ -339,8 +339,16 @@ class AdaptorContract:
             assert expected in json.dumps(json.load(f)), "the failure is not in history.json"
 
     def test_an_eval_func_failing_on_the_fp32_model_stops_tune_with_that_error(self, spec: ContractSpec,
-                                                                               tmp_path: Any) -> None:
+                                                                               tmp_path: Any, monkeypatch: Any) -> None:
         error = KeyError("labels")
+        quantized: List[Any] = []
+        adaptor_cls = load_plugin("adaptor", spec.framework)
+        real = adaptor_cls.quantize
+
+        def quantize(*args: Any, **kwargs: Any) -> Any:
+            quantized.append(args)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(adaptor_cls, "quantize", quantize)
 
         def eval_func(model: Any) -> float:
             raise error
@@ -349,4 +357,5 @@ class AdaptorContract:
         with pytest.raises(KeyError) as info:
             tuner.tune(spec.make_model(), q_dataloader=spec.batches, eval_func=eval_func)
         assert info.value is error
+        assert quantized == [], "a config was quantized although the FP32 baseline failed"
         assert tuner.history is None or tuner.history.trials == []
