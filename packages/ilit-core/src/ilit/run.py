@@ -358,10 +358,12 @@ def _progress(max_trials: int, timeout: float) -> Any:
 def run_facts(adaptor: Adaptor, model: Any) -> Dict[str, Any]:
     """What a report says about the run: the adaptor, the versions in play and when it started."""
     versions = {"ilit": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for module in (type(model).__module__.split(".")[0], type(adaptor).__module__.split(".")[0]):
-        version = getattr(sys.modules.get(module), "__version__", None)  # the model's framework, the adaptor
+    # the packages the model's classes come from (its framework, even for a model class defined in a script)
+    modules = [c.__module__.split(".")[0] for c in (*type(model).__mro__, type(adaptor))]
+    for module in dict.fromkeys(modules):
+        version = getattr(sys.modules.get(module), "__version__", None)
         if isinstance(version, str):
-            versions.setdefault(module, version)
+            versions.setdefault(module, str(version))
     return {"framework": adaptor.name or type(adaptor).__name__, "versions": versions,
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
 
