@@ -17,7 +17,7 @@ METRICS = "./packages/ilit-metrics"
 TOY = "./packages/ilit-toy"
 
 TORCH = "torch==2.13.0"
-LINT = ("ruff==0.17.6", "mypy==2.4.1", "types-PyYAML", "numpy")
+LINT = ("ruff==0.17.6", "mypy==2.4.1", "types-PyYAML", "numpy", "pytest")  # pytest: ilit.testing imports it
 TENSORFLOW = ("tensorflow-cpu==2.21.0", "ai-edge-litert")
 MXNET = ("mxnet==1.9.1", "numpy==1.23.5", "scipy==1.10.1")
 #: the oldest versions ilit-core and ilit-metrics declare (numpy>=1.23, pyyaml>=6.0, pycocotools>=2.0.7) and
