@@ -9,7 +9,7 @@ import nox
 
 nox.options.default_venv_backend = "virtualenv"
 nox.options.sessions = ["lint", "core", "metrics", "oldest", "pytorch", "tensorflow", "mxnet", "demo",
-                        "tensorflow_demo", "mxnet_demo"]
+                        "tensorflow_demo", "mxnet_demo", "detection"]
 nox.options.reuse_existing_virtualenvs = False
 
 CORE = "./packages/ilit-core"
@@ -78,7 +78,7 @@ def oldest(session: nox.Session) -> None:
 def pytorch(session: nox.Session) -> None:
     """ilit-pytorch with torch 2.13.0 (CPU)."""
     session.install(TORCH)
-    session.install(CORE, METRICS, "./packages/ilit-pytorch[torch]", "pytest", "scikit-learn")
+    session.install(CORE, f"{METRICS}[coco]", "./packages/ilit-pytorch[torch]", "pytest", "scikit-learn")
     pytest(session, "packages/ilit-pytorch/tests")
 
 
@@ -125,3 +125,11 @@ def mxnet_demo(session: nox.Session) -> None:
     session.install(f"{CORE}[report]", METRICS, "./packages/ilit-mxnet[mxnet]", "scikit-learn<1.4", *MXNET)
     session.run("python", "-c", "import numpy, mxnet; assert numpy.__version__ == '1.23.5', numpy.__version__")
     session.run("python", "examples/mxnet_digits_demo.py", *session.posargs)
+
+
+@nox.session
+def detection(session: nox.Session) -> None:
+    """A small detector trained on canvases of scikit-learn digits, tuned to INT8 in both usages (COCO mAP)."""
+    session.install(TORCH)
+    session.install(CORE, f"{METRICS}[coco]", "./packages/ilit-pytorch[torch]", "scikit-learn")
+    session.run("python", "examples/pytorch_detection_demo.py", *session.posargs)

@@ -9,7 +9,7 @@ from .config import Config, load_config
 from .errors import (ConfigError, ModelFileError, PluginLoadError, PluginNotFoundError, RepeatedTrialError,
                      ResumeError)
 from .history import History, Trial
-from .metric import Metric
+from .metric import Metric, PostprocessedMetric
 from .objective import Comparison, Objective
 from .space import TuningSpace
 from .strategy import Proposal, Strategy, StrategyContext, TrialResult
@@ -33,6 +33,7 @@ __all__ = [
     "TrialResult",
     "Proposal",
     "Metric",
+    "PostprocessedMetric",
     "Objective",
     "Comparison",
     "TuningSpace",

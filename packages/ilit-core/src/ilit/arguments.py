@@ -13,7 +13,8 @@ from .tune_cfg import QAT, STATIC
 __all__ = ["check_arguments", "check_loader", "first_inputs", "describe_inputs"]
 
 
-def check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader: Any, eval_func: Any) -> None:
+def check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader: Any, eval_func: Any,
+                    postprocess: Any = None) -> None:
     """Refuse bad arguments to ``tune`` before any work, each with what to pass instead."""
     if eval_func is None and eval_dataloader is None:
         raise ValueError("tune() needs eval_dataloader (with tuning.metric in the config) or eval_func(model) -> float")
@@ -22,6 +23,11 @@ def check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader
                          "or eval_dataloader with tuning.metric in the config")
     if eval_func is not None and not callable(eval_func):
         raise ValueError(f"eval_func must be a function model -> float, got {type(eval_func).__name__}")
+    if postprocess is not None and not callable(postprocess):
+        raise ValueError(f"postprocess must be a function outputs -> metric input, got {type(postprocess).__name__}")
+    if postprocess is not None and eval_func is not None:
+        raise ValueError("postprocess applies to the model outputs ilit feeds tuning.metric with eval_dataloader; "
+                         "with eval_func, post-process inside your function (or pass eval_dataloader instead)")
     if q_func is not None and not callable(q_func):
         raise ValueError(f"q_func must be a function taking the model, got {type(q_func).__name__}")
     if eval_func is None and cfg.tuning.metric is None:

@@ -10,7 +10,7 @@ import numpy as np
 from . import registry
 from .adaptor import Adaptor
 from .errors import ConfigError
-from .metric import Metric
+from .metric import Metric, PostprocessedMetric
 
 __all__ = ["as_score", "build_metric", "Evaluator"]
 
@@ -46,12 +46,16 @@ def build_metric(spec: Any) -> Metric:
 
 
 class Evaluator:
-    """Scores a model: ``eval_func(model)``, or ``adaptor.evaluate`` over ``eval_dataloader`` with the metric."""
+    """Scores a model: ``eval_func(model)``, or ``adaptor.evaluate`` over ``eval_dataloader`` with the metric
+    (fed ``postprocess(outputs)`` when given)."""
 
     def __init__(self, adaptor: Adaptor, eval_func: Optional[Callable[[Any], Any]],
-                 eval_dataloader: Optional[Iterable[Any]], metric_spec: Any) -> None:
+                 eval_dataloader: Optional[Iterable[Any]], metric_spec: Any,
+                 postprocess: Optional[Callable[[Any], Any]] = None) -> None:
         self.adaptor, self.eval_func, self.eval_dataloader = adaptor, eval_func, eval_dataloader
         self.metric: Optional[Metric] = build_metric(metric_spec) if eval_func is None else None
+        if self.metric is not None and postprocess is not None:  # e.g. a detector's raw heads decoded into boxes
+            self.metric = PostprocessedMetric(self.metric, postprocess)
         self.source = "eval_func" if eval_func is not None else f"the {metric_spec[0]} metric"
 
     @property

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["Metric"]
+__all__ = ["Metric", "PostprocessedMetric"]
 
 
 class Metric(ABC):
@@ -30,3 +30,25 @@ class Metric(ABC):
     @abstractmethod
     def result(self) -> float:
         """The metric over everything accumulated since the last reset."""
+
+
+class PostprocessedMetric(Metric):
+    """``metric`` fed ``postprocess(outputs)`` in place of the model's outputs: ``tune(..., postprocess=...)``.
+
+    This is how usage (a) scores models whose outputs a metric cannot read as they are, e.g. a detector
+    whose raw head outputs must be decoded (and NMS applied) into cocomap's per-image box dicts.
+    """
+
+    def __init__(self, metric: Metric, postprocess: Callable[[Any], Any]) -> None:
+        self.metric = metric
+        self.postprocess = postprocess
+        self.higher_is_better = metric.higher_is_better
+
+    def update(self, preds: Any, labels: Any) -> None:
+        self.metric.update(self.postprocess(preds), labels)
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def result(self) -> float:
+        return self.metric.result()

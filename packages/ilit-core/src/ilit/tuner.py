@@ -51,16 +51,18 @@ class Tuner:
 
     def tune(self, model: Any, q_dataloader: Iterable[Any], q_func: Optional[Callable[[Any], Any]] = None,
              eval_dataloader: Optional[Iterable[Any]] = None, eval_func: Optional[Callable[[Any], float]] = None,
-             resume_file: Optional[str] = None) -> Any:
+             resume_file: Optional[str] = None, postprocess: Optional[Callable[[Any], Any]] = None) -> Any:
         """Return the best quantized model meeting the accuracy criterion, or None if none does.
 
         Give either ``eval_dataloader`` (with ``tuning.metric`` in the config) or ``eval_func(model)``
         returning a float where higher is better. The FP32 ``model`` is never modified.
+        ``postprocess(outputs) -> preds`` (eval_dataloader only) turns each batch's model outputs, as numpy,
+        into what the metric takes, e.g. a detector's raw heads into cocomap's per-image box dicts.
         """
         ensure_log_output()
         cfg = self.config
         # every check on the arguments, the workspace and the resume file runs before any calibration
-        check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func)
+        check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func, postprocess)
         workspace = Workspace(cfg.tuning.workspace_path)
         workspace.prepare()
         resumed = History.load(resume_file) if resume_file else None
@@ -72,7 +74,7 @@ class Tuner:
                        timing_inputs=first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader),
                        calib_inputs=first_inputs(q_dataloader))
         self.run = run = TuningRun(cfg, adaptor, strategy_cls, objective,
-                                   Evaluator(adaptor, eval_func, eval_dataloader, cfg.tuning.metric),
+                                   Evaluator(adaptor, eval_func, eval_dataloader, cfg.tuning.metric, postprocess),
                                    workspace, data, resumed, resume_file)
         run.check_inputs()
         run.baseline()
