@@ -64,6 +64,8 @@ class ContractSpec:
     make_model: Callable[[], Any]
     #: ``(inputs, labels)`` batches, at least 2: calibration and evaluation data
     batches: Sequence[Any]
+    # (the model and ``config`` must give a tuning space of at least two quantized configs: the failing-eval_func
+    # check needs a second trial after the failed one)
     #: a snapshot of everything ``tune`` must not change in a model (weights, buffers, modes, attributes), as
     #: nested dicts/lists/tuples of numpy arrays and plain values, compared bit for bit by :func:`same_state`
     state: Callable[[Any], Any]
@@ -329,8 +331,14 @@ class AdaptorContract:
             return 1.0
 
         tuner = Tuner(self.conf(spec, str(tmp_path / "ws")))
-        q = tuner.tune(spec.make_model(), q_dataloader=spec.batches, eval_func=eval_func)
-        assert tuner.history is not None
+        try:
+            q = tuner.tune(spec.make_model(), q_dataloader=spec.batches, eval_func=eval_func)
+        except RuntimeError:
+            if tuner.history is not None and len(tuner.history.trials) == 1:
+                pytest.fail("the tuning space holds one quantized config, and this check needs two: give the spec "
+                            "a model or a config (e.g. two schemes or granularities) with at least two")
+            raise
+        assert tuner.history is not None and len(tuner.history.trials) >= 2, "tuning stopped after one trial"
         first, second = tuner.history.trials[:2]
         expected = "RuntimeError: eval broke on trial 1" if failure == "raise" else "nan"
         assert first.error is not None and expected in first.error and not first.meets
