@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import ilit
@@ -191,8 +192,25 @@ class TFLiteModel:
     def __call__(self, inputs: Any) -> Any:
         interp = self._interpreter()
         self._run(interp, inputs)
-        outs = [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+        outs = [interp.get_tensor(i) for i in self._output_indices(interp)]
         return outs[0] if len(outs) == 1 else outs
+
+    @staticmethod
+    def _output_indices(interp: Any) -> List[int]:
+        """The output tensors in the source model's order, as its FP32 inference returns them.
+
+        The interpreter's output details need not follow it (a Keras detector's heads came out as
+        size, heatmap, offset), so several outputs are ordered by their signature names: Keras's
+        ``output_0, output_1, ...`` by number, other names sorted, as a SavedModel's outputs are.
+        """
+        details = interp.get_output_details()
+        sig = interp.get_signature_list()
+        if len(details) < 2 or len(sig) != 1:
+            return [d["index"] for d in details]
+        by_name = {n: d["index"] for n, d in interp.get_signature_runner(next(iter(sig))).get_output_details().items()}
+        numbered = all(re.fullmatch(r"output_\d+", n) for n in by_name)
+        names = sorted(by_name, key=(lambda n: int(n.rsplit("_", 1)[1])) if numbered else None)
+        return [by_name[n] for n in names]
 
     def op_outputs(self, inputs: Any, names: Sequence[str]) -> Dict[str, np.ndarray]:
         """The first output of each named op for one batch, dequantized to float where it is integer."""
