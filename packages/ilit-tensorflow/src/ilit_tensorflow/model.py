@@ -108,7 +108,7 @@ class TFLiteModel:
     """A TFLite model: the flatbuffer bytes, the ilit op names mapped to its operators, and a lazy interpreter.
 
     Calling it on a batch (an array, or a list/dict of arrays for several inputs) returns the output
-    array, or a list of them when the model has several outputs.
+    array, or a list of them in the source model's order when the model has several outputs.
     """
 
     def __init__(self, content: bytes, op_index: Optional[Mapping[str, int]] = None,
