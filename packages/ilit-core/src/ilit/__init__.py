@@ -9,8 +9,10 @@ from .config import Config, load_config
 from .errors import (ConfigError, ModelFileError, PluginLoadError, PluginNotFoundError, RepeatedTrialError,
                      ResumeError)
 from .history import History, Trial
+from .loading import load
 from .metric import Metric, PostprocessedMetric
 from .objective import Comparison, Objective
+from .ops import list_ops
 from .space import TuningSpace
 from .strategy import Proposal, Strategy, StrategyContext, TrialResult
 from .tune_cfg import TuneCfg, calibration_key, cfg_fingerprint, fallback_ops, is_quantized, quantized_ops
@@ -19,6 +21,8 @@ from .version import __version__
 
 __all__ = [
     "Tuner",
+    "load",
+    "list_ops",
     "Config",
     "load_config",
     "ConfigError",

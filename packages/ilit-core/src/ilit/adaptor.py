@@ -65,11 +65,15 @@ class Adaptor(ABC):
 
     @abstractmethod
     def save(self, model: Any, path: str) -> None:
-        """Write ``model`` into the directory ``path`` (created if missing), in a form :meth:`load` reads."""
+        """Write ``model`` into the directory ``path`` (created if missing), in a form :meth:`load` reads.
+
+        Beside the model, write a JSON metadata file named ``ilit*.json`` whose object has the key
+        ``"adaptor"`` set to :attr:`name`, so :func:`ilit.load` knows which adaptor reads the directory.
+        """
 
     # ---------------------------------------------------------------- optional, with defaults
-    def load(self, path: str) -> Any:
-        """Read a model written by :meth:`save`."""
+    def load(self, path: str, model: Any = None) -> Any:
+        """Read a model written by :meth:`save`; ``model`` is the user's FP32 model, for formats that need it."""
         raise NotImplementedError(f"the {self.name or type(self).__name__} adaptor cannot load saved models")
 
     def evaluate(self, model: Any, dataloader: Iterable[Any], metric: Metric) -> float:
@@ -138,6 +142,12 @@ class Adaptor(ABC):
         puts it in inference mode and afterwards restores its mode exactly (e.g. PyTorch's train/eval flags),
         whatever the user's function did to it. The default does nothing."""
         return contextlib.nullcontext(model)
+
+    def timing_context(self, threads: Optional[int]) -> ContextManager[Optional[int]]:
+        """A context in which the ``performance`` objective times models: the framework's intra-op thread count
+        set to ``threads`` (None: left as it is) and restored afterwards. It yields the count in effect, or None
+        when the adaptor cannot set or tell it; the default does nothing and yields None."""
+        return contextlib.nullcontext(None)
 
     @classmethod
     def reject_reason(cls, model: Any) -> Optional[str]:

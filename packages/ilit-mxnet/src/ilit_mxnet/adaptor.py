@@ -374,7 +374,8 @@ class MXNetAdaptor(Adaptor):
         sm = model if isinstance(model, SymbolModel) else self._fp32(self._source(model), None)
         sm.save_dir(path)
 
-    def load(self, path: str) -> SymbolModel:
+    def load(self, path: str, model: Any = None) -> SymbolModel:
+        """Read what :meth:`save` wrote; symbol and params hold the whole model, so ``model`` is not needed."""
         return SymbolModel.load(path)
 
     def fingerprint(self, model: Any) -> str:

@@ -240,7 +240,8 @@ class SymbolModel:
         os.makedirs(path, exist_ok=True)
         self.save(os.path.join(path, PREFIX))
         with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
-            json.dump({"format": 1, "data_names": self.data_names, "meta": self.meta}, f, indent=1, sort_keys=True)
+            json.dump({"adaptor": "mxnet", "format": 1, "data_names": self.data_names, "meta": self.meta}, f, indent=1,
+                      sort_keys=True)
 
     # ------------------------------------------------------------------ inference
     @property

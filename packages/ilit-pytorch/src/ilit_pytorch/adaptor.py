@@ -6,7 +6,7 @@ import contextlib
 import copy
 import hashlib
 import weakref
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -91,6 +91,19 @@ class PyTorchAdaptor(Adaptor):
     def fp32_context(self, model: Any) -> ContextManager[Any]:
         """Eval mode for ``eval_func`` and the objective on the user's model; each submodule's mode restored after."""
         return restored_modes(model) if isinstance(model, nn.Module) else contextlib.nullcontext(model)
+
+    @contextlib.contextmanager
+    def timing_context(self, threads: Optional[int]) -> Iterator[int]:
+        """``torch.set_num_threads(threads)`` while the performance objective times models (None: unchanged);
+        yields the count in effect and restores the previous one afterwards."""
+        before = torch.get_num_threads()
+        if threads is not None and threads != before:
+            torch.set_num_threads(threads)
+        try:
+            yield torch.get_num_threads()
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
 
     # ---------------------------------------------------------------- analysis
     def _approach(self) -> str:

@@ -83,7 +83,7 @@ def save_model(model: nn.Module, path: str, example: Optional[Any] = None) -> No
     else:
         torch.save(model.state_dict(), os.path.join(path, STATE_FILE))
     with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
-        json.dump({"format": fmt, "ilit_pytorch": __version__, "torch": torch.__version__,
+        json.dump({"adaptor": "pytorch", "format": fmt, "ilit_pytorch": __version__, "torch": torch.__version__,
                    "class": type(model).__name__}, f)
 
 

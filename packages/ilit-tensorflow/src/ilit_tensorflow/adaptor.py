@@ -321,7 +321,9 @@ class TensorFlowAdaptor(Adaptor):
         """Write the model's ``.tflite`` flatbuffer (an FP32 model: its float conversion) into ``path``."""
         self._as_tflite(model).save(path)
 
-    def load(self, path: str) -> TFLiteModel:
+    def load(self, path: str, model: Any = None) -> TFLiteModel:
+        """Read what :meth:`save` wrote (or a ``.tflite`` file); the flatbuffer holds the whole model, so ``model``
+        (the FP32 model, which ``ilit.load`` may pass on) is not needed."""
         return TFLiteModel.load(path, num_threads=self.num_threads)
 
     def fingerprint(self, model: Any) -> str:

@@ -68,9 +68,12 @@ def _read_meta(file: str) -> Dict[str, Any]:
         raise InvalidModelFileError(file, f"it is not JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict):
         raise InvalidModelFileError(file, f"it holds a JSON {type(meta).__name__}, not an object")
-    unknown = sorted(set(meta) - {"op_index", "tune_cfg", "input_names"})
+    unknown = sorted(set(meta) - {"adaptor", "op_index", "tune_cfg", "input_names"})
     if unknown:
-        raise InvalidModelFileError(file, f"it has unknown keys {unknown}; expected op_index, tune_cfg, input_names")
+        raise InvalidModelFileError(file, f"it has unknown keys {unknown}; expected adaptor, op_index, tune_cfg, "
+                                    "input_names")
+    if meta.get("adaptor", "tensorflow") != "tensorflow":
+        raise InvalidModelFileError(file, f"its adaptor is {meta['adaptor']!r}: another adaptor saved this directory")
     op_index = meta.get("op_index")
     if op_index is not None and not (isinstance(op_index, dict) and all(
             isinstance(k, str) and type(v) is int for k, v in op_index.items())):
@@ -230,7 +233,8 @@ class TFLiteModel:
         with open(os.path.join(path, MODEL_FILE), "wb") as f:
             f.write(self.content)
         with open(os.path.join(path, META_FILE), "w", encoding="utf-8") as f:
-            json.dump({"op_index": self.op_index, "tune_cfg": self.tune_cfg, "input_names": self.input_names}, f,
+            json.dump({"adaptor": "tensorflow", "op_index": self.op_index, "tune_cfg": self.tune_cfg,
+                       "input_names": self.input_names}, f,
                       indent=1, sort_keys=True)
 
     @classmethod

@@ -152,8 +152,10 @@ class ToyAdaptor(Adaptor):
         np.savez(os.path.join(path, "weights.npz"), **arrays)
         with open(os.path.join(path, "model.json"), "w") as f:
             json.dump(meta, f)
+        with open(os.path.join(path, "ilit_toy.json"), "w") as f:  # names the adaptor, for ilit.load
+            json.dump({"adaptor": self.name}, f)
 
-    def load(self, path: str) -> ToyModel:
+    def load(self, path: str, model: Any = None) -> ToyModel:
         """Read what :meth:`save` wrote; anything else is an ``ilit.ModelFileError`` and nothing in it runs."""
         meta_file, weights_file = os.path.join(path, "model.json"), os.path.join(path, "weights.npz")
         try:
