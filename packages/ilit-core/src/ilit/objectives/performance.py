@@ -43,7 +43,7 @@ Clock = Callable[[], float]
 
 
 def timing_threads(default: int = DEFAULT_THREADS) -> Optional[int]:
-    """The thread count timing uses: ``$ILIT_TIMING_THREADS`` if set (0 means None: leave it alone), else ``default``."""
+    """The thread count timing uses: ``$ILIT_TIMING_THREADS`` if set (0: None, leave it alone), else ``default``."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     if not raw:
         return default
