@@ -2,7 +2,8 @@
 
 Run it with ``nox -s demo`` (or ``python examples/pytorch_digits_demo.py`` where ilit-core, ilit-metrics,
 ilit-pytorch, torch and scikit-learn are installed). Nothing is downloaded: the digits ship with
-scikit-learn. It prints the FP32 and INT8 accuracy, latency and saved size, and the number of trials, and ends
+scikit-learn. It prints the FP32 and INT8 accuracy, latency and saved size, the speedup with its spread (INT8
+and FP32 timed interleaved; on a busy machine it says the figure is uncertain), the number of trials, and ends
 by writing a report of the run (``report/report.html`` in the workspace) and printing its path.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import yaml
@@ -110,6 +111,17 @@ def write_config(workspace: str) -> str:
     return path
 
 
+def speedup_line(ratio: float, spread: float, reliable: bool, threads: Optional[int]) -> str:
+    """The INT8 speedup with its uncertainty; on a machine too busy for a stable figure, it says so."""
+    on = f"on {threads} thread{'s' if threads != 1 else ''}, " if threads else ""
+    line = (f"  speedup: {1 / ratio:.2f}x +- {100 * spread:.0f}% (INT8 and FP32 timed interleaved, {on}median of the "
+            f"per-round ratios; load average {os.getloadavg()[0]:.1f})")
+    if not reliable:
+        line += ("\n  the machine was too busy for a reliable figure: the speedup is uncertain (the rounds "
+                 "disagreed by more than +-5%); run the demo again on a quieter machine")
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6, help="training epochs for the FP32 model (default 6)")
@@ -135,7 +147,11 @@ def main() -> None:
     adaptor = tuner.adaptor
     best = tuner.best_trial
     base_acc, int8_acc = tuner.baseline_accuracy, best.accuracy
-    base_ms, int8_ms = tuner.baseline_objective, best.objective
+    # the INT8 model was timed interleaved with the FP32 model (Performance.compare): its latency is ratio x the
+    # FP32 latency of the same rounds, and the speedup is 1 / ratio, +- the spread of the ratio between rounds
+    ratio, spread = best.ratio or float("nan"), best.spread or 0.0
+    int8_ms = best.objective
+    base_ms = int8_ms / ratio
     fp32_size, int8_size = saved_size(model, adaptor), saved_size(int8, adaptor)
     n_test = sum(len(y) for _, y in test_data)
     batch = len(test_data[0][1])
@@ -144,7 +160,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads)")
     print(f"  {'':26}{'FP32':>12}{'INT8':>12}{'ratio':>10}")
     print(f"  {'top-1 accuracy':26}{base_acc:>12.4f}{int8_acc:>12.4f}{int8_acc / base_acc:>10.4f}")
-    print(f"  {f'latency, batch {batch} (ms)':26}{base_ms:>12.3f}{int8_ms:>12.3f}{base_ms / int8_ms:>9.2f}x")
+    print(f"  {f'latency, batch {batch} (ms)':26}{base_ms:>12.3f}{int8_ms:>12.3f}{1 / ratio:>9.2f}x")
     print(f"  {'saved size (kB)':26}{fp32_size / 1e3:>12.1f}{int8_size / 1e3:>12.1f}{int8_size / fp32_size:>10.3f}")
     print(f"  trials: {len(tuner.history.trials)} (best: trial {best.trial}: "
           f"{best.tune_cfg['calibration']['iterations']} "
@@ -152,6 +168,7 @@ def main() -> None:
           f"/{len(best.tune_cfg['ops'])} ops INT8); tuning took {t_tune:.1f}s, all in {time.perf_counter() - t0:.1f}s")
     print(f"  accuracy goal: relative loss <= 1% -> {'met' if best.meets else 'NOT met'}; "
           f"INT8 model saved in {os.path.join(args.workspace, 'best_model')}")
+    print(speedup_line(ratio, spread, bool(best.reliable), getattr(tuner.objective, "threads", None)))
 
     from ilit.report import write_report  # HTML with charts (pip install 'ilit-core[report]'), else Markdown
 
