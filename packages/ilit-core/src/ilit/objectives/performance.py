@@ -9,6 +9,13 @@ interval of that median (from the order statistics of the ratios), which narrows
 While the spread is wider than ``max_spread`` more rounds run, within ``budget_s``; if it is still
 too wide the comparison is marked unreliable and a warning says the machine is too busy.
 
+Clock: on 1 thread, runs are timed in process CPU time (``time.process_time``), which other processes' load
+does not inflate: on an oversubscribed machine a 150 ms run is preempted many times while a 0.5 ms run mostly
+is not, so wall-clock ratios between a slow and a fast model drift with the load (measured: 0.12 quiet, 0.004
+to 0.12 under load for the same pair). On one otherwise idle core CPU time equals latency. With more threads
+(or an adaptor that cannot set them) CPU time would add the threads up, so wall time is used. Budgets are
+always wall-clock seconds.
+
 Threads: timing runs with 1 intra-op thread by default (``Adaptor.timing_context``; the PyTorch
 adaptor sets ``torch.set_num_threads`` and restores it afterwards). On 2 shared cores, 2-thread OpenMP
 timings swung 20x while 1-thread timings stayed within a few percent, and a ratio of two 1-thread
@@ -58,21 +65,24 @@ def timing_threads(default: int = DEFAULT_THREADS) -> Optional[int]:
 
 
 def median_latency(fn: Callable[[], Any], warmup: int = 3, min_runs: int = 3, max_runs: int = 30,
-                   budget_s: float = 1.0, warmup_budget_s: float = 0.25, clock: Clock = time.perf_counter) -> float:
+                   budget_s: float = 1.0, warmup_budget_s: float = 0.25, clock: Clock = time.perf_counter,
+                   budget_clock: Optional[Clock] = None) -> float:
     """Median seconds of ``fn()`` over repeated runs after untimed warm-up runs.
 
     Warms up with up to ``warmup`` runs (at least one; fewer once ``warmup_budget_s`` is spent), then
     times at least ``min_runs`` and at most ``max_runs`` runs, stopping once ``budget_s`` is spent, so a
-    slow model costs a few runs and a fast one gets many.
+    slow model costs a few runs and a fast one gets many. ``clock`` times the runs; the budgets are spent on
+    ``budget_clock`` (default: ``clock``), so runs timed in CPU time still end within a wall-clock budget.
     """
-    start = clock()
+    wall = budget_clock or clock
+    start = wall()
     for _ in range(max(1, warmup)):
         fn()
-        if clock() - start >= warmup_budget_s:
+        if wall() - start >= warmup_budget_s:
             break
     times: List[float] = []
-    start = clock()
-    while len(times) < max_runs and (len(times) < min_runs or clock() - start < budget_s):
+    start = wall()
+    while len(times) < max_runs and (len(times) < min_runs or wall() - start < budget_s):
         t0 = clock()
         fn()
         times.append(clock() - t0)
@@ -122,33 +132,36 @@ def _block(fn: Callable[[], Any], reps: int, clock: Clock) -> float:
 
 def interleaved(run_a: Callable[[], Any], run_b: Callable[[], Any], *, min_rounds: int = 6, max_rounds: int = 200,
                 max_spread: float = 0.05, budget_s: float = 3.0, block_s: float = 0.005, warmup: int = 2,
-                warmup_budget_s: float = 0.5, max_reps: int = 10_000, clock: Clock = time.perf_counter) -> Interleaved:
+                warmup_budget_s: float = 0.5, max_reps: int = 10_000, clock: Clock = time.perf_counter,
+                budget_clock: Optional[Clock] = None) -> Interleaved:
     """Time ``run_a`` against ``run_b`` in interleaved rounds and return the robust ratio A/B with its spread.
 
     After ``warmup`` untimed runs of each, every round times a block of A and a block of B back to back
     (the order alternates: A B, then B A, ...); a block repeats its function so it lasts about
     ``block_s``, so timer overhead does not dominate fast models. At least ``min_rounds`` rounds run; more
     follow while the spread (the relative half-width of the median's confidence interval) exceeds
-    ``max_spread``, until ``max_rounds`` rounds or ``budget_s`` seconds of rounds.
+    ``max_spread``, until ``max_rounds`` rounds or ``budget_s`` seconds of rounds. ``clock`` times the blocks;
+    the budgets are spent on ``budget_clock`` (default: ``clock``).
     """
+    wall = budget_clock or clock
     if min_rounds < 1 or max_rounds < min_rounds:
         raise ValueError(f"interleaved: need 1 <= min_rounds <= max_rounds; got {min_rounds} and {max_rounds}")
     # warm-up: lazy initialisation, caches, JIT; the last warm-up run of each sizes its blocks
-    start = clock()
+    start = wall()
     last = {"a": 0.0, "b": 0.0}
     for i in range(max(1, warmup)):
         for key, fn in (("a", run_a), ("b", run_b)):
             t0 = clock()
             fn()
             last[key] = clock() - t0
-        if clock() - start >= warmup_budget_s:
+        if wall() - start >= warmup_budget_s:
             break
     reps = {k: max(1, min(max_reps, math.ceil(block_s / v))) if v > 0 else max_reps for k, v in last.items()}
     per_a: List[float] = []
     per_b: List[float] = []
     ratios: List[float] = []
     spread = math.inf
-    start = clock()
+    start = wall()
     while True:
         if len(ratios) % 2 == 0:
             a = _block(run_a, reps["a"], clock)
@@ -164,11 +177,11 @@ def interleaved(run_a: Callable[[], Any], run_b: Callable[[], Any], *, min_round
             continue
         med, lo, hi = median_interval(ratios)
         spread = (hi - lo) / (2 * med) if med > 0 and math.isfinite(hi - lo) else (0.0 if hi == lo else math.inf)
-        if spread <= max_spread or n >= max_rounds or clock() - start >= budget_s:
+        if spread <= max_spread or n >= max_rounds or wall() - start >= budget_s:
             break
     seconds_b = statistics.median(per_b)
     return Interleaved(seconds_a=statistics.median(per_a), seconds_b=seconds_b, ratio=med, spread=spread,
-                       ratios=tuple(ratios), elapsed_s=clock() - start)
+                       ratios=tuple(ratios), elapsed_s=wall() - start)
 
 
 def _load() -> str:
@@ -183,14 +196,15 @@ class Performance(Objective):
 
     :meth:`measure` is the median latency in ms; :meth:`compare` times the candidate against the FP32 model
     interleaved and gives their ratio with its spread (see the module docstring). ``threads``: -1 (the
-    default) takes ``$ILIT_TIMING_THREADS`` or 1, None leaves the framework's setting alone; ``clock`` is
-    for tests.
+    default) takes ``$ILIT_TIMING_THREADS`` or 1, None leaves the framework's setting alone. ``clock`` (for
+    tests) replaces both the timing clock and the budget clock; by default runs on 1 thread are timed in
+    process CPU time (``time.process_time``) and others in wall time, with budgets in wall time.
     """
 
     unit = "ms"
 
     def __init__(self, threads: Optional[int] = -1, *, max_spread: float = 0.05, budget_s: float = 3.0,
-                 min_rounds: int = 6, max_rounds: int = 200, clock: Clock = time.perf_counter) -> None:
+                 min_rounds: int = 6, max_rounds: int = 200, clock: Optional[Clock] = None) -> None:
         self.threads = timing_threads() if threads == -1 else threads
         self.max_spread = max_spread
         self.budget_s = budget_s
@@ -198,16 +212,24 @@ class Performance(Objective):
         self.max_rounds = max_rounds
         self.clock = clock
 
+    def clocks(self, threads: Optional[int]) -> Tuple[Clock, Clock]:
+        """(timing clock, budget clock) for timing on ``threads`` threads (None: unknown)."""
+        if self.clock is not None:
+            return self.clock, self.clock
+        return (time.process_time if threads == 1 else time.perf_counter), time.perf_counter
+
     def measure(self, model: Any, adaptor: Any, inputs: Any) -> float:
-        with adaptor.timing_context(self.threads):
-            return 1000.0 * median_latency(lambda: adaptor.infer(model, inputs), clock=self.clock)
+        with adaptor.timing_context(self.threads) as threads:
+            clock, wall = self.clocks(threads)
+            return 1000.0 * median_latency(lambda: adaptor.infer(model, inputs), clock=clock, budget_clock=wall)
 
     def compare(self, model: Any, baseline_model: Any, adaptor: Any, inputs: Any) -> Comparison:
         """Candidate latency over FP32 latency, timed interleaved in the same window, with its spread."""
         with adaptor.timing_context(self.threads) as threads:
+            clock, wall = self.clocks(threads)
             res = interleaved(lambda: adaptor.infer(model, inputs), lambda: adaptor.infer(baseline_model, inputs),
                               min_rounds=self.min_rounds, max_rounds=self.max_rounds, max_spread=self.max_spread,
-                              budget_s=self.budget_s, clock=self.clock)
+                              budget_s=self.budget_s, clock=clock, budget_clock=wall)
         reliable = res.spread <= self.max_spread
         if not reliable:  # the tuner warns per trial; this says how hard the objective tried
             log.info("performance: the latency ratio %.3g varies by +-%.0f%% over %d interleaved rounds (%.1f s; "
