@@ -10,7 +10,7 @@ import pytest
 from mxnet.contrib import quantization as mxq
 
 import ilit
-from conftest import accuracy, first_config, make_adaptor
+from conftest import accuracy, first_config, make_adaptor, tracks_fp32
 from ilit_mxnet import SymbolModel, node_precisions
 
 
@@ -215,7 +215,7 @@ def test_multi_input_gluon_model(calib):
     inputs = loader[1][0]
     ref = net(*[mx.nd.array(a) for a in inputs]).asnumpy()
     out = ad.infer(q, inputs).asnumpy()
-    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max() and not np.array_equal(out, ref)
+    assert tracks_fp32(out, ref) and not np.array_equal(out, ref)
 
 
 def test_uint8_sym_on_signed_data_is_refused_clearly(gluon_net, calib):
