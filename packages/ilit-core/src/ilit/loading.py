@@ -45,9 +45,10 @@ def saved_adaptor(path: str) -> str:
         name = doc.get(ADAPTOR_KEY) if isinstance(doc, dict) else None
         if isinstance(name, str) and name.strip():
             return name.strip().lower()
-    raise ModelFileError(f"{path} holds no ilit metadata naming the adaptor that saved it (an {METADATA_PATTERN} file "
-                         f"with an {ADAPTOR_KEY!r} key, which every adaptor's save writes). If an older ilit saved it, "
-                         "load it with that adaptor's own load, e.g. PyTorchAdaptor(ilit.load_config({})).load(path)")
+    raise ModelFileError(path, f"{path} holds no ilit metadata naming the adaptor that saved it (an "
+                         f"{METADATA_PATTERN} file with an {ADAPTOR_KEY!r} key, which every adaptor's save writes). If "
+                         "an older ilit saved it, load it with that adaptor's own load, e.g. "
+                         "PyTorchAdaptor(ilit.load_config({})).load(path)")
 
 
 def load(path: str, model: Optional[Any] = None) -> Any:

@@ -158,6 +158,16 @@ class ToyAdaptor(Adaptor):
     def load(self, path: str, model: Any = None) -> ToyModel:
         """Read what :meth:`save` wrote; anything else is an ``ilit.ModelFileError`` and nothing in it runs."""
         meta_file, weights_file = os.path.join(path, "model.json"), os.path.join(path, "weights.npz")
+        name_file = os.path.join(path, "ilit_toy.json")
+        if os.path.exists(name_file):  # absent in directories saved before ilit.load existed
+            try:
+                with open(name_file, "rb") as f:
+                    named = json.loads(f.read().decode("utf-8"))
+                if not isinstance(named, dict) or named.get("adaptor") != self.name:
+                    raise ValueError(f"expected {{\"adaptor\": \"{self.name}\"}}")
+            except (OSError, ValueError) as exc:
+                raise ModelFileError(name_file, f"{name_file} is not the toy adaptor's name file ({exc}); "
+                                     "load a directory ToyAdaptor.save wrote") from None
         try:
             with open(meta_file, "rb") as f:
                 meta = json.loads(f.read().decode("utf-8"))
