@@ -44,7 +44,8 @@ def test_performance_compare_times_int8_and_fp32_interleaved_on_one_thread(train
     assert c.rounds >= 6 and c.ratio > 0 and c.baseline > 0 and math.isfinite(c.spread)
     assert c.value == pytest.approx(c.ratio * c.baseline)
     assert c.reliable == (c.spread <= 0.05)
-    # after two warm-up runs each, the models alternate block by block: at least one switch per round
+    # after one or two warm-up runs each (fewer once 0.5 s is spent), the models alternate block by block: the
+    # warm-up switches once at least, and every round switches between its two blocks
     switches = sum(a != b for (a, _), (b, _) in zip(seen, seen[1:]))
-    assert switches >= c.rounds + 3
+    assert switches >= c.rounds + 1
     assert seen[0][0] is True and seen[1][0] is False  # the candidate first, then the FP32 model
