@@ -184,8 +184,8 @@ def test_inspect_tensor_failing_at_run_time_does_not_end_tuning(chain, tmp_path,
 
 
 def test_when_the_error_ranking_misses_the_goal_mse_goes_on_probing(tmp_path, monkeypatch, caplog):
-    """An inspect_tensor that blames only the last op, op5 (ties then put op0 last): the ranked fallbacks
-    never keep op0 in fp32 while quantizing something, so MSE must go on probing to meet the goal."""
+    """An inspect_tensor that blames only the last op, op5, and shows no other error: once the errors point
+    nowhere and the goal is not met, MSE probes the remaining ops one at a time and finds op0 and op4."""
     _plugin(tmp_path, monkeypatch, "toy_misleading", """
         import numpy as np
         from ilit_toy import ToyAdaptor
@@ -208,12 +208,18 @@ def test_when_the_error_ranking_misses_the_goal_mse_goes_on_probing(tmp_path, mo
     with caplog.at_level("INFO", logger="ilit"):
         q = tuner.tune(model, data, eval_dataloader=data)
     assert q is not None
-    assert sorted(fallback_ops(tuner.best_trial.tune_cfg)) == ["op0", "op4"]
-    assert any("probing ops one at a time" in r.getMessage() for r in caplog.records)
     seq = [fallback_ops(t.tune_cfg) for t in tuner.history.trials]
-    assert seq[:6] == [[], ["op5"], ["op4", "op5"], ["op3", "op4", "op5"], ["op2", "op3", "op4", "op5"],
-                       ["op1", "op2", "op3", "op4", "op5"]]  # the (misled) ranked order came first
-    assert len(seq) > 6
+    assert seq[:2] == [[], ["op5"]]  # the (misled) ranking came first
+    assert any("probing ops one at a time" in r.getMessage() for r in caplog.records)
+    first = set(fallback_ops(tuner.best_trial.tune_cfg))
+    assert {"op0", "op4"} <= first and len(first) <= 3  # at most one op more than needed (op5, blamed)
+    # given a budget, the shrinking pass re-quantizes the op that was blamed wrongly
+    conf2 = make_conf(tmp_path / "ws2", timeout=3600, max_trials=40)
+    conf2["framework"]["name"] = "toy_misleading"
+    budget = ilit.Tuner(conf2)
+    assert budget.tune(model, data, eval_dataloader=data) is not None
+    passing = [sorted(fallback_ops(t.tune_cfg)) for t in budget.history.trials if t.meets]
+    assert passing[-1] == ["op0", "op4"]  # (the tuner returns the passing model of the smallest size)
 
 
 def _sequence(path):

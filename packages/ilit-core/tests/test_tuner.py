@@ -101,9 +101,11 @@ def test_exhausted_space_returns_none_and_names_the_closest_trial(toy, conf, cap
         q = tuner.tune(model, data, eval_func=eval_func)
     assert q is None
     trials = tuner.history.trials
-    # 1 model-wise + 6 single fallbacks + 4 cumulative (the first cumulative one repeats a single one,
-    # which is not run again; all-fp32 is the baseline and never tried)
-    assert len(trials) == 1 + 6 + 4
+    # 1 model-wise, 6 single fallbacks (last op first), then the groups of the fallback search; never the
+    # same config twice, and all-fp32 (the baseline) never tried; the search is bounded by 3 x ops
+    assert [ilit.fallback_ops(t.tune_cfg) for t in trials[:7]] == [[]] + [[f"dense{i}"] for i in range(5, -1, -1)]
+    assert 1 + 6 < len(trials) <= 1 + 3 * 6
+    assert len({t.fingerprint for t in trials}) == len(trials)
     assert all(ilit.quantized_ops(t.tune_cfg) for t in trials)
     best = max(trials, key=lambda t: t.accuracy)
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING][-1]

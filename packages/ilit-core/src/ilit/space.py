@@ -14,7 +14,13 @@ The adaptor's ``query_fw_capability(model)`` returns (the documented capability 
         ...
       },
       "model_wise": {"weight": {...}, "activation": {...}},   # optional; default: union of op_wise
+      "edges": [["features.0", "features.2"], ...],           # optional; see below
     }
+
+``edges`` lists [producer, consumer] pairs of op names: the consumer reads a tensor the producer
+writes, possibly through ops that are not tunable (ReLU, reshape, ...). Fallback strategies use it to
+find ops that interact (an outlier tensor between two ops is quantized if either op is). Without it
+(older adaptors) the ops are taken as a chain in the order they run.
 
 ``fp32`` in an op's dtype list means the op can fall back. A choice mixing a quantized dtype with
 fp32 across weight and activation is dropped, as upstream iLiT did.
@@ -82,6 +88,8 @@ class TuningSpace:
     op_choices: Dict[str, List[Dict[str, Any]]]  # quantized choices first, then the fp32 one if allowed
     global_choices: List[Dict[str, Dict[str, str]]]
     forced_fallback: Tuple[str, ...] = ()
+    #: [producer, consumer] op pairs from the adaptor; empty = unknown, the ops are taken as a chain
+    edges: Tuple[Tuple[str, str], ...] = ()
     _op_tensor: Dict[str, Dict[str, Dict[str, List[str]]]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -149,13 +157,39 @@ class TuningSpace:
             op_choices[name] = choices
         return cls(approach=approach, iterations=tuple(config.calibration.iterations), op_types=op_types,
                    op_choices=op_choices, global_choices=global_choices, forced_fallback=tuple(forced),
-                   _op_tensor=op_tensor)
+                   edges=_edges(capability.get("edges"), op_types), _op_tensor=op_tensor)
 
     # ------------------------------------------------------------------ queries
     @property
     def ops(self) -> List[str]:
         """Op names in model order."""
         return list(self.op_types)
+
+    @property
+    def graph_known(self) -> bool:
+        """Whether the adaptor reported who feeds whom (else :meth:`producers` assumes a chain)."""
+        return bool(self.edges)
+
+    def producers(self, op: str) -> List[str]:
+        """Ops whose output ``op`` reads (the op before it in model order when the graph is unknown)."""
+        if self.edges:
+            return [p for p, c in self.edges if c == op]
+        ops = self.ops
+        i = ops.index(op)
+        return ops[i - 1:i] if i > 0 else []
+
+    def consumers(self, op: str) -> List[str]:
+        """Ops reading ``op``'s output (the op after it in model order when the graph is unknown)."""
+        if self.edges:
+            return [c for p, c in self.edges if p == op]
+        ops = self.ops
+        i = ops.index(op)
+        return ops[i + 1:i + 2]
+
+    def neighbourhood(self, op: str) -> List[str]:
+        """``op`` with its producers and consumers, in model order: the ops sharing a tensor with it."""
+        near = {op, *self.producers(op), *self.consumers(op)}
+        return [n for n in self.ops if n in near]
 
     def can_fallback(self, op: str) -> bool:
         return any(c["activation"]["dtype"] == "fp32" for c in self.op_choices[op])
@@ -214,6 +248,22 @@ class TuningSpace:
             if self.can_fallback(name):
                 new["ops"][name] = {"op_type": self.op_types[name], **self.op_choices[name][-1]}
         return new
+
+
+def _edges(raw: Any, op_types: Mapping[str, str]) -> Tuple[Tuple[str, str], ...]:
+    """The adaptor's [producer, consumer] pairs between known ops, deduplicated, in the order given."""
+    if not raw:
+        return ()
+    out: List[Tuple[str, str]] = []
+    for pair in raw:
+        try:
+            producer, consumer = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"capability['edges'] must hold [producer, consumer] pairs, got {pair!r}") from None
+        edge = (str(producer), str(consumer))
+        if edge[0] in op_types and edge[1] in op_types and edge[0] != edge[1] and edge not in out:
+            out.append(edge)
+    return tuple(out)
 
 
 def _fp32(has_weight: bool) -> Dict[str, Any]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from .config import Config
 from .space import TuningSpace
-from .tune_cfg import TuneCfg
+from .tune_cfg import TuneCfg, cfg_fingerprint, quantized_ops
 
 if TYPE_CHECKING:  # pragma: no cover
     from .adaptor import Adaptor
@@ -55,9 +56,10 @@ class Strategy(ABC):
     a batch's configs in any order or at once, and records and observes them in list order before
     asking for the next proposal, so results and resume are the same as yielding them one by one.
 
-    ``self.insights`` is a JSON-safe dict the strategy may fill with what it learned for reports (by
-    convention ``op_sensitivity``: op name -> accuracy with that op alone in fp32; ``op_error``: op name
-    -> the error the mse strategy measured); the tuner saves it in history.json after every trial.
+    ``self.insights`` is a JSON-safe dict the strategy may fill with what it learned for reports; the
+    tuner saves it in history.json after every trial. The built-in strategies write ``phase`` ({trial
+    number: search phase}, see :meth:`next_phase`), ``op_sensitivity`` ({op: accuracy recovered by
+    falling it back alone}, basic) and ``op_error`` ({op: normalized MSE it adds}, mse).
     """
 
     #: set to True if the strategy calls ``context.adaptor.inspect_tensor``; checked before tuning starts.
@@ -69,14 +71,33 @@ class Strategy(ABC):
         self.context = context
         self.results: List[Tuple[TuneCfg, TrialResult]] = []
         self.insights: Dict[str, Any] = {}
+        self._phase = ""
+        self._trials_seen: Set[str] = set()
 
     @abstractmethod
     def configs(self) -> Iterable[Proposal]:
         """Yield tune_cfgs to try, reading ``self.results`` for what was learned so far."""
 
     def observe(self, tune_cfg: TuneCfg, result: TrialResult) -> None:
-        """Record a result; override to update a model of the search space."""
+        """Record a result; override to update a model of the search space (and call this one)."""
         self.results.append((tune_cfg, result))
+        fp = cfg_fingerprint(tune_cfg)
+        if fp not in self._trials_seen and quantized_ops(tune_cfg):
+            # a quantized config seen for the first time is a new trial (the tuner numbers them in this order)
+            self._trials_seen.add(fp)
+            if self._phase:
+                self.insights.setdefault("phase", {})[str(len(self._trials_seen))] = self._phase
+
+    def next_phase(self, name: str) -> None:
+        """Name the search phase the next proposed configs belong to (recorded in ``insights['phase']``)."""
+        self._phase = name
+
+    def accuracy_of(self, tune_cfg: TuneCfg) -> float:
+        """The accuracy observed for ``tune_cfg`` (NaN if it was not observed)."""
+        for cfg, res in reversed(self.results):
+            if cfg == tune_cfg:
+                return res.accuracy
+        return math.nan
 
     @property
     def last(self) -> Optional[TrialResult]:

@@ -2,7 +2,7 @@
 
 from .adaptor import ToyAdaptor
 from .metric import ToyAccuracy
-from .model import Dense, ToyModel, accuracy, make_chain_model, make_dataset, make_model
+from .model import Dense, ToyModel, accuracy, add_outlier_channel, make_chain_model, make_dataset, make_model
 
-__all__ = ["ToyAdaptor", "ToyAccuracy", "Dense", "ToyModel", "accuracy", "make_chain_model", "make_dataset",
-           "make_model"]
+__all__ = ["ToyAdaptor", "ToyAccuracy", "Dense", "ToyModel", "accuracy", "add_outlier_channel", "make_chain_model",
+           "make_dataset", "make_model"]

@@ -68,13 +68,16 @@ class ToyAdaptor(Adaptor):
                 "activation": {"dtype": ["uint8", "int8", "fp32"], "scheme": ["asym", "sym"],
                                "granularity": ["per_tensor"], "algorithm": list(ALGOS)},
             }
+        names = [layer.name for layer in model.layers]
         return {"approaches": list(APPROACHES),
-                "op_wise": caps}
+                "op_wise": caps, "edges": [[a, b] for a, b in zip(names, names[1:])]}
 
     def _calibrate(self, tune_cfg, model: ToyModel, dataloader) -> Dict[str, Tuple[float, float]]:
+        """Each layer's input range (under its name) and output range (under ``name:out``)."""
         key = calibration_key(tune_cfg)
         if key not in self._stats:
             inputs: Dict[str, List[np.ndarray]] = {l.name: [] for l in model.layers}
+            inputs.update({f"{layer.name}:out": [] for layer in model.layers})
             for i, batch in enumerate(dataloader):
                 if i >= tune_cfg["calibration"]["iterations"]:
                     break
@@ -83,9 +86,10 @@ class ToyAdaptor(Adaptor):
                 for layer in model.layers:
                     inputs[layer.name].append(x)
                     x = layer.forward(x)
+                    inputs[f"{layer.name}:out"].append(x)
             stats = {}
             for name, xs in inputs.items():
-                algo = tune_cfg["ops"][name].get("activation", {}).get("algorithm", "minmax")
+                algo = tune_cfg["ops"][name.split(":")[0]].get("activation", {}).get("algorithm", "minmax")
                 stats[name] = _range(np.concatenate(xs), algo)
             self._stats[key] = stats
         return self._stats[key]
@@ -123,6 +127,10 @@ class ToyAdaptor(Adaptor):
                 lo_a, hi_a = min(lo_a, 0.0), max(hi_a, 0.0)
                 layer.a_scale = max(hi_a - lo_a, 1e-8) / 255
                 layer.a_zp = int(round(-lo_a / layer.a_scale))
+            lo_o, hi_o = stats.get(f"{layer.name}:out", (0.0, 4.0))
+            lo_o, hi_o = min(lo_o, 0.0), max(hi_o, 0.0)
+            layer.o_scale = max(hi_o - lo_o, 1e-8) / 255
+            layer.o_zp = int(round(-lo_o / layer.o_scale))
             layer.qcfg = op
         return q
 
@@ -148,7 +156,8 @@ class ToyAdaptor(Adaptor):
                 arrays[f"{i}_W"] = layer.W
             arrays[f"{i}_b"] = layer.b
             meta.append({"name": layer.name, "relu": layer.relu, "fragile": layer.fragile, "qcfg": layer.qcfg,
-                         "a_scale": layer.a_scale, "a_zp": layer.a_zp})
+                         "a_scale": layer.a_scale, "a_zp": layer.a_zp, "quantize_output": layer.quantize_output,
+                         "o_scale": layer.o_scale, "o_zp": layer.o_zp})
         np.savez(os.path.join(path, "weights.npz"), **arrays)
         with open(os.path.join(path, "model.json"), "w") as f:
             json.dump(meta, f)
@@ -191,9 +200,10 @@ class ToyAdaptor(Adaptor):
             if m["qcfg"]:
                 wq, ws, wz = arrays[f"{i}_wq"], arrays[f"{i}_ws"], arrays[f"{i}_wz"]
                 W = ((wq.astype(np.float64) - wz) * ws).astype(np.float32)
-                layer = Dense(m["name"], W, arrays[f"{i}_b"], m["relu"], m["fragile"], m["qcfg"], wq, ws, wz,
-                              m["a_scale"], m["a_zp"])
+                layer = Dense(m["name"], W, arrays[f"{i}_b"], m["relu"], m["fragile"], m.get("quantize_output", False),
+                              m["qcfg"], wq, ws, wz, m["a_scale"], m["a_zp"], m.get("o_scale", 1.0), m.get("o_zp", 0))
             else:
-                layer = Dense(m["name"], arrays[f"{i}_W"], arrays[f"{i}_b"], m["relu"], m["fragile"])
+                layer = Dense(m["name"], arrays[f"{i}_W"], arrays[f"{i}_b"], m["relu"], m["fragile"],
+                              m.get("quantize_output", False))
             layers.append(layer)
         return ToyModel(layers)

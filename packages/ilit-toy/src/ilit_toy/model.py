@@ -22,6 +22,10 @@ class Dense:
     b: np.ndarray
     relu: bool = True
     fragile: bool = False
+    #: quantized, this layer also rounds its output to uint8 (as framework INT8 ops do), with the
+    #: calibrated output range ``o_scale``/``o_zp``; a tensor between two such layers is then quantized
+    #: if either of them is, which is what makes an outlier channel need both in fp32
+    quantize_output: bool = False
     # quantization state; None = fp32
     qcfg: Optional[Dict[str, Any]] = None
     wq: Optional[np.ndarray] = None
@@ -29,6 +33,8 @@ class Dense:
     w_zp: Optional[np.ndarray] = None
     a_scale: float = 1.0
     a_zp: int = 0
+    o_scale: float = 1.0
+    o_zp: int = 0
 
     @property
     def quantized(self) -> bool:
@@ -47,7 +53,10 @@ class Dense:
             if self.fragile:
                 noise = np.random.default_rng(zlib.crc32(self.name.encode())).normal(0, 1, y.shape)
                 y = y + FRAGILE_NOISE * y.std() * noise
-        return np.maximum(y, 0) if self.relu else y
+        y = np.maximum(y, 0) if self.relu else y
+        if self.qcfg is not None and self.quantize_output:
+            y = (np.clip(np.round(y / self.o_scale) + self.o_zp, 0, 255) - self.o_zp) * self.o_scale
+        return y
 
 
 @dataclass
@@ -102,6 +111,26 @@ def make_chain_model(n_ops: int, fragile: Tuple[int, ...] = (), width: int = 32,
         h = layer.forward(h)
     layers[-1].b = (-(h.mean(0) @ layers[-1].W)).astype(np.float32)
     return ToyModel(layers)
+
+
+def add_outlier_channel(model: ToyModel, producer: int, scale: float = 1000.0, channel: int = 0) -> ToyModel:
+    """Scale output ``channel`` of layer ``producer`` up by ``scale`` and the next layer's matching input down.
+
+    The FP32 function is unchanged (ReLU commutes with a positive scale), but the tensor between the
+    two layers now has an outlier channel: quantized per-tensor by either layer (every layer of the
+    model quantizes its output, see :attr:`Dense.quantize_output`), its other channels round to
+    nothing, so only keeping both layers in fp32 helps.
+    """
+    a, b = model.layers[producer], model.layers[producer + 1]
+    a.W = a.W.copy()
+    a.b = a.b.copy()
+    b.W = b.W.copy()
+    a.W[:, channel] *= scale
+    a.b[channel] *= scale
+    b.W[channel, :] /= scale
+    for layer in model.layers:
+        layer.quantize_output = True
+    return model
 
 
 def make_dataset(model: ToyModel, n: int = 256, batch: int = 32, seed: int = 1) -> List[Tuple[np.ndarray, np.ndarray]]:

@@ -1,14 +1,15 @@
-"""``basic``: model-wise tuning, then op-wise fp32 fallback ranked by recovered accuracy."""
+"""``basic``: model-wise tuning, then the shared fp32-fallback search ranked by one-op probes."""
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, FrozenSet, Generator, Iterator, List, Optional, Set, Tuple
 
 from ..strategy import Strategy
 from ..tune_cfg import TuneCfg
+from .fallback import FallbackSearch, Ranking
 
-__all__ = ["BasicStrategy", "incremental_fallback"]
+__all__ = ["BasicStrategy", "incremental_fallback", "order_model_wise"]
 
 
 def incremental_fallback(strategy: Strategy, base: TuneCfg, order: List[str]) -> Iterator[TuneCfg]:
@@ -19,27 +20,81 @@ def incremental_fallback(strategy: Strategy, base: TuneCfg, order: List[str]) ->
             return
 
 
-class BasicStrategy(Strategy):
-    """The default strategy, as iLiT described it.
+def _traits(cfg: TuneCfg) -> Set[Tuple[Any, ...]]:
+    """What a model-wise config chooses: the calibration batch count and every op's field values."""
+    out: Set[Tuple[Any, ...]] = {("calibration", int(cfg["calibration"]["iterations"]))}
+    for op in cfg["ops"].values():
+        for part in ("weight", "activation"):
+            for fld, value in op.get(part, {}).items():
+                out.add((part, fld, value))
+    return out
 
-    1. Try every model-wise config (calibration batch count x algorithm x scheme x granularity);
-       stop there if any meets the goal.
-    2. Otherwise, from the most accurate model-wise config, fall back each op alone to fp32, last op
-       first, recording the accuracy each fallback recovers.
-    3. Fall back cumulatively in order of recovered accuracy until the goal is met.
+
+def order_model_wise(configs: List[TuneCfg]) -> List[TuneCfg]:
+    """The most-preferred config first, then each time the one least like those before it.
+
+    Trying different calibration sizes, schemes and algorithms early shows soon whether any
+    model-wise choice matters; ties keep the preference order.
     """
+    if len(configs) <= 2:
+        return list(configs)
+    traits = [_traits(c) for c in configs]
+    order = [0]
+    left = list(range(1, len(configs)))
+    while left:
+        def distance(i: int) -> int:
+            return min(len(traits[i] ^ traits[j]) for j in order)
+        best = max(left, key=lambda i: (distance(i), -i))
+        order.append(best)
+        left.remove(best)
+    return [configs[i] for i in order]
+
+
+class BasicStrategy(Strategy):
+    """The default strategy.
+
+    1. Model-wise configs (calibration batch count x algorithm x scheme x granularity), the most
+       preferred first and then the most different ones; it stops there if one meets the goal, and
+       cuts the phase short when :attr:`min_model_wise` configs all fail alike (far from the goal,
+       close to each other): that says fallback is needed, not another model-wise choice.
+    2. From the most accurate model-wise config, the shared fallback search
+       (:mod:`ilit.strategies.fallback`): the op-type stage, one-op probes (last op first) that rank
+       the ops by recovered accuracy, cumulative fallback of the ops that clearly help, graph
+       neighbourhoods when the probes tie, and a shrinking pass while the budget allows.
+    """
+
+    #: model-wise configs tried before the phase may be cut short
+    min_model_wise: int = 3
+    #: they "fail alike" when their accuracies lie within this share of the distance to the goal
+    alike_share: float = 0.25
 
     def model_wise(self) -> Iterator[TuneCfg]:
         """Phase 1, shared with other strategies; leaves the best config in ``self.best_model_wise``."""
         self.best_model_wise: Optional[TuneCfg] = None
         best_acc: Optional[float] = None
-        for cfg in self.space.model_wise_configs():
+        accs: List[float] = []
+        configs = order_model_wise(self.space.model_wise_configs())
+        self.next_phase("model-wise")
+        for n, cfg in enumerate(configs):
             yield cfg
             res = self.last
             if res is None or math.isnan(res.accuracy):
                 continue
+            accs.append(res.accuracy)
             if best_acc is None or self.better_accuracy(res.accuracy, best_acc):
                 self.best_model_wise, best_acc = cfg, res.accuracy
+            if res.meets:
+                continue
+            if len(accs) >= self.min_model_wise and n + 1 < len(configs) and self._fail_alike(accs):
+                self.insights["model_wise_cut"] = {"after": n + 1, "of": len(configs)}
+                return
+
+    def _fail_alike(self, accs: List[float]) -> bool:
+        ctx = self.context
+        thr = self.config.tuning.accuracy_criterion.threshold(ctx.baseline, ctx.higher_is_better)
+        best = max(accs) if ctx.higher_is_better else min(accs)
+        gap = (thr - best) if ctx.higher_is_better else (best - thr)
+        return gap > 0 and (max(accs) - min(accs)) <= self.alike_share * gap
 
     def any_met(self) -> bool:
         return any(r.meets for _c, r in self.results)
@@ -49,17 +104,28 @@ class BasicStrategy(Strategy):
         base = self.best_model_wise
         if base is None or self.any_met():
             return
-        yield from self.probe_and_fallback(base, self.space.fallback_candidates(base))
+        yield from self.fallback_search(base, self.space.fallback_candidates(base))
 
-    def probe_and_fallback(self, base: TuneCfg, candidates: List[str]) -> Iterator[TuneCfg]:
-        """Phases 2 and 3: fall back each op alone (last op first), then cumulatively by recovered accuracy."""
-        recovered: Dict[str, float] = {}
-        for op in reversed(candidates):  # bottom to top
-            yield self.space.with_fallback(base, [op])
-            if self.last is not None and self.last.meets:
-                return
-            recovered[op] = self.last.accuracy if self.last is not None else math.nan
-        worst = -math.inf if self.context.higher_is_better else math.inf
-        order = sorted(reversed(candidates), key=lambda op: worst if math.isnan(recovered[op]) else recovered[op],
-                       reverse=self.context.higher_is_better)  # stable: ties keep last-to-first order
-        yield from incremental_fallback(self, base, order)
+    def fallback_search(self, base: TuneCfg, candidates: List[str]) -> Iterator[TuneCfg]:
+        """The shared search (op-type stage first), ranking ops by one-op probes."""
+        if not candidates:
+            return
+        search = FallbackSearch(self, base, candidates)
+        yield from search.search(lambda kept: self.probe_ranking(search, kept))
+
+    def probe_ranking(self, search: FallbackSearch, kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
+        """Fall back each op not in ``kept`` alone on top of it (last op first); rank by recovered accuracy."""
+        reference = search.accuracy(kept)
+        left = [op for op in reversed(search.candidates) if op not in kept]  # bottom to top
+        gains: Dict[str, float] = {}
+        for op in left:
+            yield from search.probe(kept | {op}, "single-op" if not kept else "single-op on top of kept ops")
+            gains[op] = search.gain(search.accuracy(kept | {op}), reference)
+            if search.passing is not None:
+                break
+        if not kept:
+            self.insights["op_sensitivity"] = {op: (None if math.isinf(g) else g * search.sign)
+                                               for op, g in gains.items()}
+        order = sorted(gains, key=lambda op: gains[op], reverse=True)  # stable: ties keep last-to-first order
+        informative = [op for op in order if search.informative(search.accuracy(kept | {op}), reference)]
+        return Ranking(order, gains, informative)

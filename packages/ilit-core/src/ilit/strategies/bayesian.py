@@ -13,12 +13,18 @@ may fall back), plus the calibration batch count when several are allowed. The G
 choice one-hot encoded field by field (fallback, then each weight/activation field that varies),
 so what it learns about, say, ``asym`` on one op carries over between that op's choices.
 
-It starts with the most-preferred model-wise config and a few seeded random configs, then scores a
+It starts with the most-preferred model-wise config, then an initial design over the fallback
+dimensions (not only the model-wise ones): on top of that config, all ops of one type in fp32
+(types with at most 3 ops when ``timeout`` is 0, as the first passing config is then returned), then
+each op with the ops it shares a tensor with (its graph neighbourhood, in a seeded order). That is
+what finds interacting ops (an outlier tensor between two ops needs both in fp32), which random
+configs practically never isolate. A design config that meets the goal is shrunk (its ops
+re-quantized one at a time while the goal holds) when the tuner searches on. Then the GP scores a
 pool of candidates each step: every unevaluated config when the space is small, else seeded random
-configs plus local moves around the best configs so far. It is a deterministic function of the
-seed (``tuning.random_seed``) and the observed results, so a resumed run replays exactly. It never
-proposes a config already evaluated, and ends when the space is exhausted (the tuner's
-``max_trials`` and ``timeout`` also end it).
+configs plus local moves around the best configs so far and unions of their fallback sets. It is a
+deterministic function of the seed (``tuning.random_seed``) and the observed results, so a resumed
+run replays exactly. It never proposes a config already evaluated, and ends when the space is
+exhausted (the tuner's ``max_trials`` and ``timeout`` also end it).
 
 Needs scikit-learn: ``pip install 'ilit-core[bayesian]'``. It is imported only when this strategy runs.
 """
@@ -66,8 +72,10 @@ def _one_thread() -> Any:
 class BayesianStrategy(Strategy):
     """Constrained expected improvement with a Gaussian process over per-op categorical choices."""
 
-    #: seeded random configs tried after the preferred model-wise config, before the GP takes over
-    n_initial: int = 3
+    #: seeded random configs tried after the initial design, before the GP takes over
+    n_initial: int = 0
+    #: with timeout 0, op types with more ops than this are not in the initial design
+    type_stage_limit: int = 3
     #: random candidates scored per step when the space is too big to score whole
     pool_size: int = 512
     #: spaces with at most this many configs are scored exhaustively
@@ -76,6 +84,14 @@ class BayesianStrategy(Strategy):
     max_fallback_rate: float = 0.5
     #: random configs give each op a random choice (not the model-wise one) with this probability
     mix_rate: float = 0.1
+    #: how strongly the acquisition prefers fewer fallbacks (gain ** (this x number of ops))
+    fallback_weight: float = 1.0
+    #: before a config meets the goal, candidates have at most this many more fallbacks than the closest
+    max_new_fallbacks: int = 1
+    #: how many of the anchors' fallback ops small candidate sets are drawn from
+    max_small_set_ops: int = 16
+    #: the configs closest to meeting the goal that the pool's local moves start from
+    n_anchors: int = 4
     #: at most this many ops get single-op moves around each anchor per step (keeps big models fast)
     max_local_ops: int = 64
 
@@ -168,8 +184,12 @@ class BayesianStrategy(Strategy):
 
         mw = [v for v in (self.encode(c) for c in self.space.model_wise_configs()) if v is not None]
         self._mw = np.asarray(mw, dtype=np.int64).reshape(-1, len(self._sizes))
+        self.next_phase("model-wise")
         if len(self._mw) and not self._all_fp32(self._mw[:1])[0]:
             yield from propose(self._mw[0])  # the most-preferred model-wise config first
+            if not (self.last is not None and self.last.meets):
+                yield from self._design(rng, self._mw[0], propose)
+        self.next_phase("gaussian process")
         for _ in range(self.n_initial):
             vec = self._random_new(rng)
             if vec is None:
@@ -180,6 +200,55 @@ class BayesianStrategy(Strategy):
             if vec is None:
                 return
             yield from propose(vec)
+
+    def _with_fallback(self, vec: np.ndarray, ops: Sequence[str]) -> np.ndarray:
+        out = vec.copy()
+        for op in ops:
+            j = self._ops.index(op)
+            if self._fp32[j] >= 0:
+                out[j] = self._fp32[j]
+        return out
+
+    def _design(self, rng: np.random.Generator, base: np.ndarray, propose: Any) -> Iterator[TuneCfg]:
+        """The initial design over the fallback dimensions (see the module docstring), then a shrinking
+        pass from the first design config that meets the goal."""
+        fallible = [op for j, op in enumerate(self._ops) if self._fp32[j] >= 0 and base[j] != self._fp32[j]]
+        if not fallible:
+            return
+        limit = math.inf if self.config.tuning.timeout > 0 else self.type_stage_limit
+        groups: List[Tuple[str, List[str]]] = []
+        by_type: Dict[str, List[str]] = {}
+        for op in fallible:
+            by_type.setdefault(self.space.op_types[op], []).append(op)
+        for op_type, ops in by_type.items():
+            if 2 <= len(ops) < len(fallible) and len(ops) <= limit:
+                groups.append((f"op-type {op_type}", ops))
+        for i in rng.permutation(len(fallible)):
+            hood = [n for n in self.space.neighbourhood(fallible[int(i)]) if n in fallible]
+            groups.append(("neighbourhood", hood))
+        passed: Optional[np.ndarray] = None
+        for phase, ops in groups:
+            vec = self._with_fallback(base, ops)
+            if vec.tobytes() in self._seen or self._all_fp32(vec[None, :])[0]:
+                continue
+            self.next_phase(phase)
+            yield from propose(vec)
+            if self.last is not None and self.last.meets:
+                passed = vec
+                break
+        if passed is None:
+            return
+        self.next_phase("shrink")
+        for j in reversed(range(len(self._ops))):  # re-quantize one op at a time, last op first
+            if passed[j] != self._fp32[j] or self._fp32[j] < 0:
+                continue
+            vec = passed.copy()
+            vec[j] = base[j]
+            if vec.tobytes() in self._seen:
+                continue
+            yield from propose(vec)
+            if self.last is not None and self.last.meets:
+                passed = vec
 
     def _random(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` seeded random configs: a random model-wise config, a few ops given another choice
@@ -257,6 +326,16 @@ class BayesianStrategy(Strategy):
             moves.append(v)
         return moves
 
+    def _unions(self, anchors: List[np.ndarray]) -> np.ndarray:
+        """Each two anchors' fallback sets together (independent sensitive ops found by different configs)."""
+        out = []
+        for a, b in itertools.combinations(anchors, 2):
+            v = a.copy()
+            fb = (b[:-1] == self._fp32) & (self._fp32 >= 0)
+            v[:-1][fb] = self._fp32[fb]
+            out.append(v)
+        return np.asarray(out, dtype=np.int64).reshape(-1, len(self._sizes))
+
     def _anchors(self) -> List[np.ndarray]:
         """The configs to search around: the best meeting the goal, and the closest to meeting it."""
         if not self._X:
@@ -270,7 +349,7 @@ class BayesianStrategy(Strategy):
             idx = np.flatnonzero(meets)
             best = idx[np.lexsort((-margin[idx], -q[idx]))[0]]
             anchors.append(X[best])
-        for i in np.argsort(-margin, kind="stable")[:3]:
+        for i in np.argsort(-margin, kind="stable")[:self.n_anchors]:
             anchors.append(X[i])
         return anchors
 
@@ -280,8 +359,12 @@ class BayesianStrategy(Strategy):
             cands = self._enumerate()
         else:
             parts = [self._random(rng, self.pool_size)]
-            for anchor in self._anchors():
+            anchors = self._anchors()
+            for anchor in anchors:
                 parts.append(np.asarray(self._local_moves(rng, anchor), dtype=np.int64))
+            for extra in (self._unions(anchors), self._small_sets(anchors)):
+                if len(extra):
+                    parts.append(extra)
             cands = np.vstack(parts)
         out, keys = [], set(self._seen)
         for v in cands:
@@ -291,7 +374,40 @@ class BayesianStrategy(Strategy):
             keys.add(k)
             out.append(v)
         pool = np.asarray(out, dtype=np.int64).reshape(-1, len(self._sizes))
-        return pool[~self._all_fp32(pool)] if len(pool) else pool
+        pool = pool[~self._all_fp32(pool)] if len(pool) else pool
+        return self._grow_slowly(pool)
+
+    def _n_fallback(self, vecs: np.ndarray) -> np.ndarray:
+        vecs = np.atleast_2d(vecs)
+        return ((vecs[:, :-1] == self._fp32[None, :]) & (self._fp32[None, :] >= 0)).sum(axis=1)
+
+    def _grow_slowly(self, pool: np.ndarray) -> np.ndarray:
+        """Before any config meets the goal, only candidates with at most one fallback more than the
+        config closest to meeting it: the first passing config (what timeout 0 returns) stays small."""
+        if not self._X or any(r.meets for r in self._R) or not len(pool):
+            return pool
+        closest = np.asarray(self._X)[int(np.argmax(self._margins()))]
+        allowed = int(self._n_fallback(closest)[0]) + self.max_new_fallbacks
+        small = pool[self._n_fallback(pool) <= allowed]
+        return small if len(small) else pool
+
+    def _small_sets(self, anchors: List[np.ndarray]) -> np.ndarray:
+        """The preferred model-wise config with 1 to 3 of the anchors' fallback ops in fp32: which of the
+        ops a helpful group keeps in fp32 are the ones that matter."""
+        if not len(self._mw):
+            return np.zeros((0, len(self._sizes)), dtype=np.int64)
+        base = self._mw[0]
+        ops: List[int] = []
+        for a in anchors:
+            ops += [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and a[j] == self._fp32[j] and j not in ops]
+        ops = ops[:self.max_small_set_ops]
+        out = []
+        for k in (1, 2, 3):
+            for combo in itertools.combinations(ops, k):
+                v = base.copy()
+                v[list(combo)] = self._fp32[list(combo)]
+                out.append(v)
+        return np.asarray(out, dtype=np.int64).reshape(-1, len(self._sizes))
 
     def _margins(self) -> np.ndarray:
         """Each observed config's accuracy margin over the goal, relative to the baseline (higher = better)."""
@@ -342,7 +458,10 @@ class BayesianStrategy(Strategy):
         step = 0.5 / len(self._ops)  # a candidate as quantized as the best still has a small value
         gain = q - q_best + step
         with np.errstate(divide="ignore"):
-            return np.where(gain > 0, log_p_meet + np.log(np.maximum(gain, 1e-300)), -np.inf)
+            # gain ** n_ops: each op kept in fp32 must buy about e times the probability of meeting the
+            # goal, so the first passing config (what timeout 0 returns) keeps few ops in fp32
+            weight = self.fallback_weight * len(self._ops)
+            return np.where(gain > 0, log_p_meet + weight * np.log(np.maximum(gain, 1e-300)), -np.inf)
 
     def _next(self, rng: np.random.Generator) -> Optional[np.ndarray]:
         pool = self._pool(rng)

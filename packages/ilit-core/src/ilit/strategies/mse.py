@@ -1,34 +1,40 @@
-"""``mse``: model-wise tuning, then fp32 fallback of the ops whose quantized outputs drift most.
+"""``mse``: model-wise tuning, then fp32 fallback ranked by where quantization error enters the model.
 
 After Basic's model-wise phase, the best model-wise config is quantized once more and
 ``inspect_tensor`` collects every op's outputs on a few calibration batches, from the FP32 model
-and from the quantized one. Ops are then fallen back cumulatively in descending error order.
+and from the quantized one (no trial is spent on this). The error is a normalized MSE
+(:func:`normalized_mse`): each output feature's squared error over the samples divided by that
+feature's FP32 variance, averaged, so ops of any scale compare and an outlier channel cannot hide
+the damage per-tensor quantization does to the others.
 
-The error is a normalized MSE (:func:`normalized_mse`): each output feature's squared error over
-the samples divided by that feature's FP32 variance, averaged, so ops of any scale compare and an
-outlier channel cannot hide the damage per-tensor quantization does to the others.
+An op's output error includes the error inherited from the ops before it, so ranking raw output
+errors (as upstream iLiT did) puts every op downstream of a sensitive one ahead of it. This strategy
+looks at the error an op *adds* (its output's normalized MSE minus that of its input, read at its
+producers in the adaptor's graph, or the op before it when the graph is unknown), and at the error
+at its *input*: an op reading a tensor its producer damaged quantizes that tensor again, so both
+must stay fp32 (an outlier channel between two ops).
 
-The error of an op's output includes the error inherited from the ops before it, so ranking raw
-output errors (as upstream iLiT did) puts every op downstream of a sensitive one ahead of it. This
-strategy ranks by the error an op *adds*: its normalized MSE minus that of its input, approximated
-by the op just before it in execution order (the order adaptors report ops in; exact for chains,
-a heuristic across branches). Ties, and ops whose outputs could not be compared, keep Basic's
-last-to-first order. If the ranked fallbacks never meet the goal, Basic's one-op probe follows.
+The shared fallback search (:mod:`ilit.strategies.fallback`) then falls back the ops that clearly
+add error, cumulatively; if that is not enough, each suspect op together with the ops reading its
+output, then with all its graph neighbours; a group that helps is kept and the errors are measured
+again on top of it. A shrinking pass follows while the budget allows. If inspecting fails, Basic's
+one-op probes rank the ops instead.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Generator, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ..adaptor import to_numpy
 from ..tune_cfg import TuneCfg
-from .basic import BasicStrategy, incremental_fallback
+from .basic import BasicStrategy
+from .fallback import FallbackSearch, Ranking
 
-__all__ = ["MSEStrategy", "normalized_mse", "rank_by_added_error"]
+__all__ = ["MSEStrategy", "normalized_mse", "added_error", "rank_by_added_error"]
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +101,35 @@ def normalized_mse(fp32: Sequence[Any], quantized: Sequence[Any]) -> float:
     return err / spread if spread > 0.0 else (0.0 if err == 0.0 else math.inf)
 
 
+def added_error(ops: Sequence[str], nmse: Mapping[str, float],
+                producers: Optional[Callable[[str], Sequence[str]]] = None) -> Dict[str, float]:
+    """The error each op adds: its normalized MSE minus its input's, read at its producers' outputs
+    (the op before it in ``ops`` when ``producers`` is None). NaN where the op's output is unusable."""
+    added: Dict[str, float] = {}
+    prev = 0.0
+    for i, name in enumerate(ops):
+        err = nmse.get(name, math.nan)
+        if producers is None:
+            inp = prev
+        else:
+            inputs = [nmse.get(p, math.nan) for p in producers(name)]
+            inputs = [v for v in inputs if not math.isnan(v)]
+            inp = max(inputs) if inputs else 0.0
+        if math.isnan(err):
+            added[name] = math.nan
+            continue
+        diff = err - inp  # inf - inf (two unusable outputs in a row) counts as adding nothing
+        added[name] = 0.0 if math.isnan(diff) else diff
+        prev = err
+    return added
+
+
 def rank_by_added_error(ops: Sequence[str], nmse: Mapping[str, float], candidates: Sequence[str]) -> List[str]:
     """``candidates`` in descending order of the error each adds over the op before it in ``ops``.
 
     Equal scores (and NaN ones, ranked last) keep last-to-first model order, like Basic's probe.
     """
-    added: Dict[str, float] = {}
-    prev = 0.0
-    for name in ops:
-        err = nmse.get(name, math.nan)
-        if math.isnan(err):
-            added[name] = math.nan
-            continue
-        diff = err - prev  # inf - inf (two unusable outputs in a row) counts as adding nothing
-        added[name] = 0.0 if math.isnan(diff) else diff
-        prev = err
+    added = added_error(ops, nmse)
     order = list(reversed(candidates))  # stable sort: ties keep last-to-first order
 
     def key(name: str) -> float:
@@ -120,17 +140,18 @@ def rank_by_added_error(ops: Sequence[str], nmse: Mapping[str, float], candidate
 
 
 class MSEStrategy(BasicStrategy):
-    """Basic's model-wise phase, then fallback in descending order of per-op normalized MSE.
+    """Basic's model-wise phase, then the fallback search ranked by per-op normalized MSE.
 
     Needs the adaptor's ``inspect_tensor`` (checked before tuning starts). If inspecting fails at
-    run time, the strategy logs why and ranks ops with Basic's one-op-at-a-time probe instead, so a
-    long run never dies half-way; that probe also follows when the error-ranked fallbacks all miss
-    the goal.
+    run time, the strategy logs why and ranks ops with Basic's one-op probes instead, so a long run
+    never dies half-way.
     """
 
     requires_inspect_tensor = True
     #: how many calibration batches to compare outputs on
     inspect_batches: int = 3
+    #: an op clearly adds error when it adds at least this share of the largest added error
+    significant_share: float = 0.1
 
     def configs(self) -> Iterator[TuneCfg]:
         yield from self.model_wise()
@@ -140,23 +161,66 @@ class MSEStrategy(BasicStrategy):
         candidates = self.space.fallback_candidates(base)
         if not candidates:
             return
+        search = FallbackSearch(self, base, candidates)
         try:
-            self.op_errors = self.measure_errors(base)
+            first = self.error_ranking(search, frozenset())
         except Exception as exc:  # noqa: BLE001 - a failed inspection must not end the run
             log.warning("mse: inspect_tensor failed (%s: %s); ranking ops by Basic's one-op fallback probe "
                         "instead", type(exc).__name__, exc)
-            yield from self.probe_and_fallback(base, candidates)
+            yield from self.fallback_search(base, candidates)
             return
-        order = rank_by_added_error(self.space.ops, self.op_errors, candidates)
-        log.info("mse: fallback order by added normalized MSE: %s%s", ", ".join(order[:8]),
-                 " ..." if len(order) > 8 else "")
-        yield from incremental_fallback(self, base, order)
-        if not self.any_met():
-            # the error ranking was wrong about what hurts accuracy (e.g. a tensor whose consumer
-            # re-quantizes it with the same range after its producer falls back): go on as Basic
-            # would; configs already tried are replayed from their records, not run again
+        log.info("mse: fallback order by added normalized MSE: %s%s", ", ".join(first.order[:8]),
+                 " ..." if len(first.order) > 8 else "")
+        rankings = iter([first])
+
+        def rank(kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
+            ranking = next(rankings, None)
+            if ranking is None:
+                try:
+                    ranking = self.error_ranking(search, kept)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("mse: inspect_tensor failed (%s: %s); probing ops one at a time instead",
+                                type(exc).__name__, exc)
+                    ranking = yield from self.probe_ranking(search, kept)
+            if kept and not any(v > 0 for v in ranking.scores.values()):
+                # the errors show nothing more to fall back, yet the goal is not met: what hurts is not
+                # visible in the outputs compared, so probe the remaining ops one at a time
+                log.info("mse: no op left adds error; probing ops one at a time on top of %s",
+                         ", ".join(search.ordered(kept)[:8]))
+                ranking = yield from self.probe_ranking(search, kept)
+            return ranking
+
+        yield from search.search(rank, type_stage=False, consumer_groups=True)
+        if search.passing is None and not self.any_met():
+            # the error ranking was wrong about what hurts accuracy: go on as Basic would; configs
+            # already tried are replayed from their records, not run again
             log.info("mse: the error-ranked fallbacks did not meet the goal; probing ops one at a time")
-            yield from self.probe_and_fallback(base, candidates)
+            yield from self.fallback_search(base, candidates)
+
+    def error_ranking(self, search: FallbackSearch, kept: FrozenSet[str]) -> Ranking:
+        """Rank the candidates not in ``kept`` by the error they add or read, with ``kept`` in fp32."""
+        cfg = self.space.with_fallback(search.base, search.ordered(kept))
+        errors = self.measure_errors(cfg)
+        if not kept:
+            self.op_errors = errors
+            self.insights["op_error"] = {op: (v if math.isfinite(v) else None) for op, v in errors.items()}
+        producers = self.space.producers
+        added = added_error(self.space.ops, errors, producers)
+        left = [op for op in reversed(search.candidates) if op not in kept]  # ties: last op first
+
+        def finite(v: float) -> float:
+            return -math.inf if math.isnan(v) else v
+
+        # an op reading a tensor its producer damaged quantizes it again: it scores that error too
+        scores = {op: max([finite(added[op])] + [finite(added[p]) for p in producers(op)]) for op in left}
+        order = sorted(left, key=lambda op: (scores[op], finite(added[op])), reverse=True)
+        own = [finite(added[op]) for op in left if math.isfinite(finite(added[op]))]
+        informative: List[str] = []
+        if own and max(own) > 0:
+            floor = self.significant_share * max(own)
+            informative = sorted((op for op in left if finite(added[op]) >= floor and finite(added[op]) > 0),
+                                 key=lambda op: finite(added[op]), reverse=True)
+        return Ranking(order, scores, informative)
 
     def measure_errors(self, base: TuneCfg) -> Dict[str, float]:
         """Each op's normalized MSE between FP32 and ``base``-quantized outputs on a few batches."""

@@ -1,0 +1,218 @@
+"""The fp32-fallback search the built-in strategies share: find the few ops that must stay fp32.
+
+The common cause of INT8 loss is a tensor (an outlier channel, say) that is quantized if *either*
+the op producing it or an op reading it is quantized: falling back one of them recovers nothing,
+only the pair (or the producer, a pass-through op and the consumer) does. One-op probes then all tie.
+
+:class:`FallbackSearch` works on top of a failing base config (the best model-wise one):
+
+1. **op-type stage** (``type_stage``): all candidate ops of one type in fp32, one type at a time,
+   a cheap early probe (INC has the same stage). With ``timeout: 0`` the first passing config is
+   returned, so only types with at most :attr:`type_stage_limit` ops are tried then.
+2. **ranking** (given by the strategy): one-op probes (basic) or quantization error (mse). Ops whose
+   ranking shows them clearly better than the rest are *informative*.
+3. **cumulative** fallback of the informative ops, in rank order, until the goal is met.
+4. **neighbourhoods**: when the ranking ties (or the informative ops are not enough), for each op in
+   rank order, on top of what was kept so far: the op alone, the op with the ops reading its output
+   (for mse), then the op with every op it shares a tensor with (its producers and consumers in the
+   adaptor's graph, or its chain neighbours when the adaptor gives no graph). A group that clearly
+   helps without meeting the goal is kept and the ranking is redone on top of it (an interacting
+   pair and an independent sensitive op together).
+5. **last resort**: cumulative fallback over the whole ranking.
+6. **shrink**: from the passing set, re-quantize one op at a time (least suspect first) and keep it
+   quantized while the goal holds. The tuner only asks for these configs when it searches on after a
+   passing one (``timeout > 0``); the result is then 1-minimal (no single op can be re-quantized).
+
+Everything is a deterministic function of the observed results, so a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Generator, Iterable, List, Optional, Sequence
+
+from ..strategy import TrialResult
+from ..tune_cfg import TuneCfg
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..strategy import Strategy
+
+__all__ = ["FallbackSearch", "Ranking"]
+
+log = logging.getLogger(__name__)
+
+Search = Generator[TuneCfg, None, None]
+
+
+@dataclass
+class Ranking:
+    """What a strategy learned about the candidate ops: most suspect first, with scores (higher = more
+    suspect), and the ops it singles out as clearly sensitive on their own (most suspect first)."""
+
+    order: List[str]
+    scores: Dict[str, float]
+    informative: List[str] = field(default_factory=list)
+
+
+class FallbackSearch:
+    """One fallback search on top of ``base`` (see the module docstring)."""
+
+    #: with timeout 0, op types with more candidate ops than this are not tried whole
+    type_stage_limit: int = 3
+    #: a probe is informative when it recovers at least this share of the distance to the goal
+    informative_share: float = 0.1
+
+    def __init__(self, strategy: "Strategy", base: TuneCfg, candidates: Sequence[str]) -> None:
+        self.strategy = strategy
+        self.space = strategy.space
+        self.base = base
+        self.candidates = list(candidates)
+        self.tried: Dict[FrozenSet[str], TrialResult] = {}
+        self.passing: Optional[FrozenSet[str]] = None  # the smallest passing fallback set so far
+        self.base_accuracy = strategy.accuracy_of(base)
+        ctx = strategy.context
+        self.sign = 1.0 if ctx.higher_is_better else -1.0
+        self.threshold = strategy.config.tuning.accuracy_criterion.threshold(ctx.baseline, ctx.higher_is_better)
+
+    # ------------------------------------------------------------------ measures
+    def gain(self, accuracy: float, reference: float) -> float:
+        """How much better ``accuracy`` is than ``reference`` (in the metric's good direction); NaN = -inf."""
+        if math.isnan(accuracy):
+            return -math.inf
+        if math.isnan(reference):
+            return math.inf
+        return (accuracy - reference) * self.sign
+
+    def informative(self, accuracy: float, reference: float) -> bool:
+        """Whether ``accuracy`` recovers a clear share of what ``reference`` lacks to meet the goal."""
+        gap = self.gain(self.threshold, reference)
+        return gap > 0 and self.gain(accuracy, reference) >= self.informative_share * gap
+
+    def accuracy(self, ops: Iterable[str]) -> float:
+        key = frozenset(ops)
+        if not key:
+            return self.base_accuracy
+        res = self.tried.get(key)
+        return res.accuracy if res is not None else math.nan
+
+    def ordered(self, ops: Iterable[str]) -> List[str]:
+        keep = set(ops)
+        return [n for n in self.space.ops if n in keep]
+
+    # ------------------------------------------------------------------ one probe
+    def probe(self, ops: Iterable[str], phase: str) -> Search:
+        """Try ``base`` with ``ops`` in fp32, unless that set was already tried in this search."""
+        key = frozenset(ops)
+        if not key or key in self.tried:
+            return
+        self.strategy.next_phase(phase)
+        yield self.space.with_fallback(self.base, self.ordered(key))
+        res = self.strategy.last
+        self.tried[key] = res if res is not None else TrialResult(math.nan, math.nan, False)
+        if self.tried[key].meets and (self.passing is None or len(key) < len(self.passing)):
+            self.passing = key
+
+    def met(self, ops: Iterable[str]) -> bool:
+        res = self.tried.get(frozenset(ops))
+        return res is not None and res.meets
+
+    # ------------------------------------------------------------------ stages
+    def type_stage(self) -> Search:
+        """All candidate ops of one type in fp32, a type at a time, until one meets the goal."""
+        limit = math.inf if self.strategy.config.tuning.timeout > 0 else self.type_stage_limit
+        by_type: Dict[str, List[str]] = {}
+        for op in self.candidates:
+            by_type.setdefault(self.space.op_types[op], []).append(op)
+        for op_type, group in by_type.items():
+            if len(group) < 2 or len(group) == len(self.candidates) or len(group) > limit:
+                continue
+            yield from self.probe(group, f"op-type {op_type}")
+            if self.met(group):
+                return
+
+    def cumulative(self, kept: FrozenSet[str], order: Sequence[str], phase: str = "cumulative") -> Search:
+        """``kept`` plus ``order[:1]``, ``order[:2]``, ... in fp32 until one meets the goal."""
+        fallen = set(kept)
+        for op in order:
+            if op in fallen:
+                continue
+            fallen.add(op)
+            yield from self.probe(fallen, phase)
+            if self.met(fallen):
+                return
+
+    def with_consumers(self, op: str) -> List[str]:
+        """``op`` and the ops reading its output: every op that quantizes the tensor ``op`` writes."""
+        return [op, *self.space.consumers(op)]
+
+    def neighbourhoods(self, kept: FrozenSet[str], order: Sequence[str],
+                       consumer_groups: bool = False) -> Generator[TuneCfg, None, Optional[FrozenSet[str]]]:
+        """For each op in ``order``, on top of ``kept``: the op alone (when something is kept), the op with
+        the ops reading its output (``consumer_groups``), then its whole graph neighbourhood, in fp32.
+
+        Returns the first set that met the goal or clearly helped, else None.
+        """
+        reference = self.accuracy(kept)
+        for op in order:
+            groups = [([op], "single-op on top of kept ops")] if kept else []
+            if consumer_groups:
+                groups.append((self.with_consumers(op), "op with its consumers"))
+            groups.append((self.space.neighbourhood(op), "neighbourhood"))
+            for ops, phase in groups:
+                group = kept | frozenset(n for n in ops if n in self.candidates)
+                if group == kept:
+                    continue
+                yield from self.probe(group, phase)
+                if self.met(group) or self.informative(self.accuracy(group), reference):
+                    return group
+        return None
+
+    def shrink(self, suspicion: Dict[str, float]) -> Search:
+        """Re-quantize the passing set's ops one at a time, least suspect first, while the goal holds."""
+        if self.passing is None:
+            return
+        current = self.passing
+        order = sorted(self.ordered(current)[::-1], key=lambda n: suspicion.get(n, 0.0))  # stable: last op first
+        for op in order:
+            if len(current) <= 1:
+                return
+            smaller = current - {op}
+            yield from self.probe(smaller, "shrink")
+            if self.met(smaller):
+                current = smaller
+
+    # ------------------------------------------------------------------ the whole search
+    def search(self, rank: Callable[[FrozenSet[str]], Generator[TuneCfg, None, Ranking]],
+               type_stage: bool = True, consumer_groups: bool = False) -> Search:
+        """The stages of the module docstring. ``rank(kept)`` ranks the candidates not in ``kept``, with
+        ``kept`` in fp32 (it may run trials), and returns a :class:`Ranking`. ``consumer_groups``: before
+        whole neighbourhoods, try each op with the ops reading its output (for rankings that point at
+        the op whose output is damaged, like mse's)."""
+        suspicion: Dict[str, float] = {}
+        if type_stage:
+            yield from self.type_stage()
+        kept: FrozenSet[str] = frozenset()
+        ranking = Ranking([], {}, [])
+        while self.passing is None:
+            ranking = yield from rank(kept)
+            suspicion.update(ranking.scores)
+            if self.passing is not None:
+                break
+            if ranking.informative:
+                yield from self.cumulative(kept, ranking.informative)
+                if self.passing is not None:
+                    break
+                kept = kept | frozenset(ranking.informative)
+            grown = yield from self.neighbourhoods(kept, ranking.order, consumer_groups)
+            if self.passing is not None:
+                break
+            if grown is None:  # nothing clearly helps: fall back cumulatively along the ranking
+                yield from self.cumulative(kept, ranking.order, "cumulative (all)")
+                break
+            kept = grown  # it helped without meeting the goal: rank again on top of it
+        if self.passing is not None:
+            log.info("fallback search: %d op(s) in fp32 meet the goal (%s); shrinking while the budget allows",
+                     len(self.passing), ", ".join(self.ordered(self.passing)[:8]))
+            yield from self.shrink(suspicion)
