@@ -77,7 +77,9 @@ def replace(src, dst):
 ToyAdaptor.quantize, ToyAdaptor.save = quantize, save
 json.dump, os.replace = dump, replace
 
-model = ilit_toy.make_model(n_layers=6, fragile=(2, 4), seed=0)
+# layers wide enough that every op kept in fp32 makes the saved model clearly bigger, so the fallback
+# search's shrinking pass finds a new best model (the model-swap kill point needs two)
+model = ilit_toy.make_model(n_layers=6, width=48, fragile=(2, 4), seed=0)
 data = ilit_toy.make_dataset(model)
 evaluations = 0
 

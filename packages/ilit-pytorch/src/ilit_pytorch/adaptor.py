@@ -133,13 +133,15 @@ class PyTorchAdaptor(Adaptor):
                 op_type = backend.dynamic_op_type(module)
                 if op_type is not None:
                     ops[(name, op_type)] = {"weight": dict(WEIGHT_CAPABILITY), "activation": dict(act)}
-        else:
-            for op in self.analysis(model, approach == QAT).ops.values():
-                cap = {"activation": dict(act)}
-                if op.weighted:
-                    cap["weight"] = dict(WEIGHT_CAPABILITY)
-                ops[(op.name, op.op_type)] = cap
-        return {"approaches": list(backend.APPROACHES), "op_wise": ops}
+            return {"approaches": list(backend.APPROACHES), "op_wise": ops}
+        analysis = self.analysis(model, approach == QAT)
+        for op in analysis.ops.values():
+            cap = {"activation": dict(act)}
+            if op.weighted:
+                cap["weight"] = dict(WEIGHT_CAPABILITY)
+            ops[(op.name, op.op_type)] = cap
+        # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
+        return {"approaches": list(backend.APPROACHES), "op_wise": ops, "edges": [list(e) for e in analysis.edges]}
 
     # ---------------------------------------------------------------- quantize
     def quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],

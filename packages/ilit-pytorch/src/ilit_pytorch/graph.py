@@ -94,6 +94,9 @@ class Unit:
     fused: GraphModule
     scope: Dict[str, Tuple[str, Any]]
     ops: Dict[str, Op] = field(default_factory=dict)
+    #: (producer, consumer) op names: the consumer reads the producer's output, maybe through ops that
+    #: are not tuned (relu, pooling, flatten, ...)
+    edges: List[Tuple[str, str]] = field(default_factory=list)
 
     def module_in(self, root: nn.Module) -> nn.Module:
         """This unit's module inside ``root`` (a copy of the model), wrapped if it is a leaf."""
@@ -109,6 +112,11 @@ class Analysis:
     @property
     def ops(self) -> Dict[str, Op]:
         return {name: op for u in self.units for name, op in u.ops.items()}
+
+    @property
+    def edges(self) -> List[Tuple[str, str]]:
+        """Producer -> consumer op pairs inside each unit (none across units of a split model)."""
+        return [e for u in self.units for e in u.edges]
 
 
 def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
@@ -148,7 +156,31 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
             name = base if k == 0 else f"{base}_{k}"
             unit.ops[name] = Op(name, kind, node.name, weighted=False, trace=trace, trace_rank=rank,
                                 out=_through_relu(node, modules).name)
+    unit.edges = _op_edges(fused, unit.ops)
     return unit
+
+
+def _op_edges(gm: GraphModule, ops: Dict[str, Op]) -> List[Tuple[str, str]]:
+    """(producer, consumer) pairs of ``ops``: following each op's users through nodes that are no op."""
+    by_node = {op.node: op.name for op in ops.values()}
+    edges: List[Tuple[str, str]] = []
+    for node in gm.graph.nodes:
+        producer = by_node.get(node.name)
+        if producer is None:
+            continue
+        stack, seen = list(node.users), set()
+        while stack:
+            user = stack.pop(0)
+            if user.name in seen:
+                continue
+            seen.add(user.name)
+            consumer = by_node.get(user.name)
+            if consumer is not None:
+                if (producer, consumer) not in edges and consumer != producer:
+                    edges.append((producer, consumer))
+            else:
+                stack.extend(user.users)
+    return edges
 
 
 def _through_relu(node: Node, modules: Dict[str, nn.Module]) -> Node:

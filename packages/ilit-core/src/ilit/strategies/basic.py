@@ -55,8 +55,9 @@ class BasicStrategy(Strategy):
 
     1. Model-wise configs (calibration batch count x algorithm x scheme x granularity), the most
        preferred first and then the most different ones; it stops there if one meets the goal, and
-       cuts the phase short when :attr:`min_model_wise` configs all fail alike (far from the goal,
-       close to each other): that says fallback is needed, not another model-wise choice.
+       cuts the phase short when :attr:`min_model_wise` configs all fail alike (their accuracies differ
+       by less than the best of them lacks to meet the goal): that says fallback is needed, not another
+       model-wise choice.
     2. From the most accurate model-wise config, the shared fallback search
        (:mod:`ilit.strategies.fallback`): the op-type stage, one-op probes (last op first) that rank
        the ops by recovered accuracy, cumulative fallback of the ops that clearly help, graph
@@ -65,8 +66,9 @@ class BasicStrategy(Strategy):
 
     #: model-wise configs tried before the phase may be cut short
     min_model_wise: int = 3
-    #: they "fail alike" when their accuracies lie within this share of the distance to the goal
-    alike_share: float = 0.25
+    #: they "fail alike" when they differ among themselves by less than this share of what the best of
+    #: them lacks to meet the goal (at 1.0: model-wise choices closed less than half the distance)
+    alike_share: float = 1.0
 
     def model_wise(self) -> Iterator[TuneCfg]:
         """Phase 1, shared with other strategies; leaves the best config in ``self.best_model_wise``."""
