@@ -191,6 +191,30 @@ class TuningSpace:
         near = {op, *self.producers(op), *self.consumers(op)}
         return [n for n in self.ops if n in near]
 
+    def has_weight(self, op: str) -> bool:
+        """Whether ``op`` has a weight (conv, linear); ops without one (pooling, add, ...) pass tensors on."""
+        return any("weight" in c for c in self.op_choices[op])
+
+    def segment(self, op: str) -> List[str]:
+        """``op`` and every op its output reaches through ops without weights, up to the next weighted ops
+        (both ways through an op without weights), in model order.
+
+        These ops all quantize the same values: an outlier in ``op``'s output stays in a max-pool's or a
+        flatten's quantized output, and an add's inputs share its output's range.
+        """
+        group = {op}
+        stack = [op]
+        while stack:
+            name = stack.pop()
+            # a weighted op's own output only; an op without weights passes its input's values on
+            reach = self.consumers(name) + ([] if self.has_weight(name) else self.producers(name))
+            for n in reach:
+                if n not in group:
+                    group.add(n)
+                    if not self.has_weight(n):
+                        stack.append(n)
+        return [n for n in self.ops if n in group]
+
     def can_fallback(self, op: str) -> bool:
         return any(c["activation"]["dtype"] == "fp32" for c in self.op_choices[op])
 

@@ -186,7 +186,8 @@ class MXNetAdaptor(Adaptor):
             if op.has_weight:
                 cap["weight"] = {k: list(v) for k, v in weight.items()}
             op_wise[(op.name, op.op_type)] = cap
-        return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise}
+        # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumers in fp32)
+        return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise, "edges": [list(e) for e in graph.edges()]}
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, tune_cfg: TuneCfg, model: Any, dataloader: Iterable[Any],

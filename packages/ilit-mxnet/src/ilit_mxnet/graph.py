@@ -93,6 +93,26 @@ class FusedGraph:
     def op_nodes(self) -> Dict[str, str]:
         return {op.name: op.node for op in self.ops}
 
+    def edges(self) -> List[Tuple[str, str]]:
+        """(producer, consumer) op-name pairs: the consumer reads the producer's output, maybe through nodes
+        that are no quantizable op (flatten, reshape, ...)."""
+        op_of = {op.node: op.name for op in self.ops}
+        out: List[Tuple[str, str]] = []
+        for op in self.ops:
+            stack, seen = list(self.outputs.get(op.node, [])), set()
+            while stack:
+                tensor = stack.pop(0)
+                if tensor in seen:
+                    continue
+                seen.add(tensor)
+                for node in self.consumers.get(tensor, []):
+                    consumer = op_of.get(node)
+                    if consumer is None:
+                        stack.extend(self.outputs.get(node, []))
+                    elif consumer != op.name and (op.name, consumer) not in out:
+                        out.append((op.name, consumer))
+        return out
+
     def activation_tensors(self) -> List[str]:
         """Every tensor calibration may need: the data inputs and every non-parameter node output."""
         params = set(self.params)

@@ -182,7 +182,10 @@ class TensorFlowAdaptor(Adaptor):
                                "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]},
                     "activation": {"dtype": ["int8", "fp32"], "scheme": ["asym"],
                                    "granularity": ["per_tensor"], "algorithm": ["minmax"]}}
-        return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise}
+        named = {op.index: name for name, op in prep.names.items() if (name, op.type) in op_wise}
+        # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumers in fp32)
+        edges = [list(e) for e in fb.op_edges(prep.float_ops, named)]
+        return {"approaches": [STATIC, DYNAMIC], "op_wise": op_wise, "edges": edges}
 
     # ------------------------------------------------------------------ quantization
     def quantize(self, tune_cfg: TuneCfg, model: Any, dataloader: Iterable[Any],

@@ -167,3 +167,31 @@ def restore_float_weights(model: bytes, float_model: bytes, op_map: Mapping[int,
             qten.quantization = ften.quantization
             qten.shape = ften.shape
     return write(m)
+
+
+def op_edges(ops: Sequence[OpInfo], named: Mapping[int, str]) -> List[Tuple[str, str]]:
+    """(producer, consumer) pairs between the named ops (op index -> name): the consumer reads a tensor
+    the producer writes, possibly through unnamed ops (RESHAPE, ...) in between."""
+    readers: Dict[int, List[OpInfo]] = {}
+    for op in ops:
+        for t in op.inputs:
+            if t >= 0:
+                readers.setdefault(t, []).append(op)
+    edges: List[Tuple[str, str]] = []
+    for op in ops:
+        producer = named.get(op.index)
+        if producer is None:
+            continue
+        stack, seen = list(op.outputs), set()
+        while stack:
+            tensor = stack.pop(0)
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            for reader in readers.get(tensor, []):
+                consumer = named.get(reader.index)
+                if consumer is None:
+                    stack.extend(reader.outputs)
+                elif consumer != producer and (producer, consumer) not in edges:
+                    edges.append((producer, consumer))
+    return edges

@@ -16,8 +16,9 @@ so what it learns about, say, ``asym`` on one op carries over between that op's 
 It starts with the most-preferred model-wise config, then an initial design over the fallback
 dimensions (not only the model-wise ones): on top of that config, all ops of one type in fp32
 (types with at most 3 ops when ``timeout`` is 0, as the first passing config is then returned), then
-each op with the ops it shares a tensor with (its graph neighbourhood, in a seeded order). That is
-what finds interacting ops (an outlier tensor between two ops needs both in fp32), which random
+each op's segment, in a seeded order: the op with the ops its output reaches through ops without
+weights (:meth:`ilit.space.TuningSpace.segment`; in a chain of convs, the op and the next one). That
+is what finds interacting ops (an outlier tensor between two ops needs both in fp32), which random
 configs practically never isolate. A design config that meets the goal is shrunk (its ops
 re-quantized one at a time while the goal holds) when the tuner searches on. Then the GP scores a
 pool of candidates each step: every unevaluated config when the space is small, else seeded random
@@ -84,6 +85,8 @@ class BayesianStrategy(Strategy):
     max_fallback_rate: float = 0.5
     #: random configs give each op a random choice (not the model-wise one) with this probability
     mix_rate: float = 0.1
+    #: before any config meets the goal: how optimistic the margin bound the search climbs is (mean + this x sd)
+    ucb_kappa: float = 1.0
     #: how strongly the acquisition prefers fewer fallbacks (gain ** (this x number of ops))
     fallback_weight: float = 1.0
     #: before a config meets the goal, candidates have at most this many more fallbacks than the closest
@@ -224,8 +227,8 @@ class BayesianStrategy(Strategy):
             if 2 <= len(ops) < len(fallible) and len(ops) <= limit:
                 groups.append((f"op-type {op_type}", ops))
         for i in rng.permutation(len(fallible)):
-            hood = [n for n in self.space.neighbourhood(fallible[int(i)]) if n in fallible]
-            groups.append(("neighbourhood", hood))
+            segment = [n for n in self.space.segment(fallible[int(i)]) if n in fallible]
+            groups.append(("segment", segment))
         passed: Optional[np.ndarray] = None
         for phase, ops in groups:
             vec = self._with_fallback(base, ops)
@@ -441,7 +444,8 @@ class BayesianStrategy(Strategy):
         return gp
 
     def acquisition(self, gp: Any, pool: np.ndarray) -> np.ndarray:
-        """The log of each candidate's constrained expected improvement (see the module docstring).
+        """The log of each candidate's constrained expected improvement (see the module docstring), or,
+        before any config meets the goal, an upper bound of its predicted margin.
 
         Logs keep the ranking meaningful when every candidate is far from meeting the goal, where
         the probabilities themselves would all round to 0; -inf marks no possible improvement.
@@ -454,6 +458,11 @@ class BayesianStrategy(Strategy):
         log_p_meet = log_ndtr(mu / np.maximum(sd, 1e-9))
         q = self.quantized_share(pool)
         met = [self.quantized_share(x[None, :])[0] for x, r in zip(self._X, self._R) if r.meets]
+        if not met:
+            # nothing meets the goal yet: far from it, the probability of meeting it only rewards
+            # uncertainty (random configs); climb the predicted margin instead (an optimistic bound), the
+            # pool holding only configs with at most one fallback more than the closest (_grow_slowly)
+            return mu + self.ucb_kappa * sd + 1e-6 * q
         q_best = max(met) if met else 0.0
         step = 0.5 / len(self._ops)  # a candidate as quantized as the best still has a small value
         gain = q - q_best + step

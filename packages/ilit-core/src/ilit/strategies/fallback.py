@@ -12,12 +12,14 @@ only the pair (or the producer, a pass-through op and the consumer) does. One-op
 2. **ranking** (given by the strategy): one-op probes (basic) or quantization error (mse). Ops whose
    ranking shows them clearly better than the rest are *informative*.
 3. **cumulative** fallback of the informative ops, in rank order, until the goal is met.
-4. **neighbourhoods**: when the ranking ties (or the informative ops are not enough), for each op in
-   rank order, on top of what was kept so far: the op alone, the op with the ops reading its output
-   (for mse), then the op with every op it shares a tensor with (its producers and consumers in the
-   adaptor's graph, or its chain neighbours when the adaptor gives no graph). A group that clearly
-   helps without meeting the goal is kept and the ranking is redone on top of it (an interacting
-   pair and an independent sensitive op together).
+4. **groups**: when the ranking ties (or the informative ops are not enough), for each op in rank
+   order, on top of what was kept so far: the op alone, the op with the ops reading its output (for
+   mse), and its *segment*: the ops its output reaches through ops without weights (a conv, the
+   max-pool after it and the conv after that all quantize the same outlier). Then, in a second
+   round, each op with every op it shares a tensor with (its graph neighbourhood). The graph is the
+   adaptor's producer/consumer edges, or a chain in model order when the adaptor gives none. A group
+   that clearly helps without meeting the goal is kept and the ranking is redone on top of it (an
+   interacting pair and an independent sensitive op together).
 5. **last resort**: cumulative fallback over the whole ranking.
 6. **shrink**: from the passing set, re-quantize one op at a time (least suspect first) and keep it
    quantized while the goal holds. The tuner only asks for these configs when it searches on after a
@@ -31,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Generator, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Generator, Iterable, List, Optional, Sequence, Tuple
 
 from ..strategy import TrialResult
 from ..tune_cfg import TuneCfg
@@ -149,24 +151,29 @@ class FallbackSearch:
 
     def neighbourhoods(self, kept: FrozenSet[str], order: Sequence[str],
                        consumer_groups: bool = False) -> Generator[TuneCfg, None, Optional[FrozenSet[str]]]:
-        """For each op in ``order``, on top of ``kept``: the op alone (when something is kept), the op with
-        the ops reading its output (``consumer_groups``), then its whole graph neighbourhood, in fp32.
+        """Groups of ops that may interact, on top of ``kept``, in two rounds over ``order``.
 
+        First, for each op: the op alone (when something is kept), the op with the ops reading its output
+        (``consumer_groups``), and its segment (the ops its output reaches through ops without weights,
+        :meth:`TuningSpace.segment`). Then each op's whole graph neighbourhood (producers and consumers).
         Returns the first set that met the goal or clearly helped, else None.
         """
         reference = self.accuracy(kept)
-        for op in order:
-            groups = [([op], "single-op on top of kept ops")] if kept else []
-            if consumer_groups:
-                groups.append((self.with_consumers(op), "op with its consumers"))
-            groups.append((self.space.neighbourhood(op), "neighbourhood"))
-            for ops, phase in groups:
-                group = kept | frozenset(n for n in ops if n in self.candidates)
-                if group == kept:
-                    continue
-                yield from self.probe(group, phase)
-                if self.met(group) or self.informative(self.accuracy(group), reference):
-                    return group
+        rounds: List[List[Tuple[Callable[[str], List[str]], str]]] = [[], [(self.space.neighbourhood, "neighbourhood")]]
+        if kept:
+            rounds[0].append((lambda op: [op], "single-op on top of kept ops"))
+        if consumer_groups:
+            rounds[0].append((self.with_consumers, "op with its consumers"))
+        rounds[0].append((self.space.segment, "segment"))
+        for groups in rounds:
+            for op in order:
+                for group_of, phase in groups:
+                    group = kept | frozenset(n for n in group_of(op) if n in self.candidates)
+                    if group == kept:
+                        continue
+                    yield from self.probe(group, phase)
+                    if self.met(group) or self.informative(self.accuracy(group), reference):
+                        return group
         return None
 
     def shrink(self, suspicion: Dict[str, float]) -> Search:
