@@ -1,6 +1,6 @@
 """A tuning run for test_crash_safety.py, which SIGKILLs it at a chosen moment.
 
-    python crash_child.py WORKSPACE STRATEGY PAUSE [RESUME_FILE]
+    python crash_child.py WORKSPACE STRATEGY[+easy] PAUSE [RESUME_FILE]
 
 PAUSE is ``none`` or ``POINT:N``: at the N-th time the run reaches POINT it prints ``PAUSED`` and
 sleeps until it is killed. Points: ``eval`` (inside an evaluation; the first is the FP32 baseline),
@@ -77,9 +77,13 @@ def replace(src, dst):
 ToyAdaptor.quantize, ToyAdaptor.save = quantize, save
 json.dump, os.replace = dump, replace
 
-# layers wide enough that every op kept in fp32 makes the saved model clearly bigger, so the fallback
-# search's shrinking pass finds a new best model (the model-swap kill point needs two)
-model = ilit_toy.make_model(n_layers=6, width=48, fragile=(2, 4), seed=0)
+# STRATEGY "basic+easy": a model without fragile layers, whose model-wise configs both pass, the second
+# (per-tensor weights) with a smaller model: a second best model, which the model-swap kill point needs
+strategy, _, kind = strategy.partition("+")
+if kind == "easy":
+    model = ilit_toy.make_model(n_layers=4, width=48, seed=3)
+else:  # layers wide enough that each op kept in fp32 makes the saved model clearly bigger
+    model = ilit_toy.make_model(n_layers=6, width=48, fragile=(2, 4), seed=0)
 data = ilit_toy.make_dataset(model)
 evaluations = 0
 

@@ -44,18 +44,21 @@ def run(workspace, strategy, pause="none", resume_file=None, timeout=120):
 def reference(tmp_path_factory):
     """The uninterrupted run of each strategy."""
     root = tmp_path_factory.mktemp("reference")
-    return {s: run(root / s, s) for s in ("basic", "bayesian", "mse")}
+    return {s: run(root / s, s) for s in ("basic", "bayesian", "mse", "basic+easy")}
 
 
 def test_the_reference_runs_search_and_save(reference):
     assert len(reference["bayesian"]["trials"]) == 12 and reference["bayesian"]["best"] is not None
     assert len(reference["basic"]["trials"]) >= 4 and reference["basic"]["best"] is not None
     assert reference["mse"]["best"] is not None
+    assert len(reference["basic+easy"]["trials"]) == 2 and reference["basic+easy"]["best"] is not None
 
 
-# (strategy, kill point, trials the history must hold afterwards). The reference runs: bayesian passes
-# first at trial 7 (a neighbourhood in its initial design) and shrinks it at trial 9 (a smaller, new best
-# model); basic probes ops one at a time and passes at trial 9; mse passes at trial 4, then shrinks.
+# (strategy, kill point, trials the history must hold afterwards). The reference runs: bayesian probes ops
+# one at a time in a seeded order (its initial design over the fallback dimensions), passes at trial 9 and
+# goes on with its Gaussian process; basic probes ops one at a time and passes at trial 10; mse passes at
+# trial 4, then shrinks; "basic+easy" (a model without fragile ops) passes at trials 1 and 2, the second a
+# smaller model (a new best, so the best model is swapped).
 CASES = [
     ("bayesian", "eval:1", 0),            # during the FP32 baseline: no history yet
     ("bayesian", "history-write:1", 0),   # writing the first history (after the baseline)
@@ -63,15 +66,15 @@ CASES = [
     ("bayesian", "eval:6", 4),            # inside trial 5's evaluation
     ("bayesian", "history-write:7", 5),   # halfway through writing the history after trial 6
     ("bayesian", "history-rename:9", 7),  # history after trial 8 complete, not yet renamed
-    ("bayesian", "model-write:1", 6),     # halfway through saving the first best model (trial 7)
-    ("bayesian", "quantize:8", 7),        # inside trial 8, the shrinking pass
-    ("bayesian", "model-swap:1", 8),      # old best (trial 7) moved aside, new (trial 9, shrunk) not yet in place
+    ("bayesian", "model-write:1", 8),     # halfway through saving the first best model (trial 9)
+    ("bayesian", "quantize:11", 10),      # inside trial 11, chosen by the Gaussian process
     ("bayesian", "eval:13", 11),          # inside the last trial
     ("basic", "eval:3", 1),
     ("basic", "eval:6", 4),               # inside a one-op probe
-    ("basic", "model-write:1", 8),
+    ("basic", "model-write:1", 9),
     ("mse", "eval:4", 2),                 # inside the first error-ranked fallback
     ("mse", "eval:6", 4),                 # inside the shrinking pass, after the passing trial 4
+    ("basic+easy", "model-swap:1", 1),    # old best (trial 1) moved aside, new (trial 2) not yet in place
 ]
 
 

@@ -134,7 +134,9 @@ def test_insights_name_each_trials_phase_and_the_ops_findings(pair_chain, tmp_pa
     assert phases["1"] == "model-wise"
     singles = [t.trial for t in trials if len(fallback_ops(t.tune_cfg)) == 1]
     assert all(phases[str(n)] == "single-op" for n in singles)
-    assert "shrink" in phases.values()
+    first = next(t for t in trials if t.meets)
+    assert phases[str(first.trial)] == "segment"  # op3 with the op reading its output, op4
+    assert set(fallback_ops(first.tune_cfg)) == {"op3", "op4"}
     sens = insights["op_sensitivity"]
     base_acc = trials[0].accuracy
     for t in trials:  # accuracy recovered by each op's one-op fallback, from the trials themselves

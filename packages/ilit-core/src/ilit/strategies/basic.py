@@ -117,17 +117,8 @@ class BasicStrategy(Strategy):
 
     def probe_ranking(self, search: FallbackSearch, kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
         """Fall back each op not in ``kept`` alone on top of it (last op first); rank by recovered accuracy."""
-        reference = search.accuracy(kept)
-        left = [op for op in reversed(search.candidates) if op not in kept]  # bottom to top
-        gains: Dict[str, float] = {}
-        for op in left:
-            yield from search.probe(kept | {op}, "single-op" if not kept else "single-op on top of kept ops")
-            gains[op] = search.gain(search.accuracy(kept | {op}), reference)
-            if search.passing is not None:
-                break
+        ranking = yield from search.single_probes(kept, list(reversed(search.candidates)))
         if not kept:
             self.insights["op_sensitivity"] = {op: (None if math.isinf(g) else g * search.sign)
-                                               for op, g in gains.items()}
-        order = sorted(gains, key=lambda op: gains[op], reverse=True)  # stable: ties keep last-to-first order
-        informative = [op for op in order if search.informative(search.accuracy(kept | {op}), reference)]
-        return Ranking(order, gains, informative)
+                                               for op, g in ranking.scores.items()}
+        return ranking

@@ -14,18 +14,19 @@ choice one-hot encoded field by field (fallback, then each weight/activation fie
 so what it learns about, say, ``asym`` on one op carries over between that op's choices.
 
 It starts with the most-preferred model-wise config, then an initial design over the fallback
-dimensions (not only the model-wise ones): on top of that config, all ops of one type in fp32
-(types with at most 3 ops when ``timeout`` is 0, as the first passing config is then returned), then
-each op's segment, in a seeded order: the op with the ops its output reaches through ops without
-weights (:meth:`ilit.space.TuningSpace.segment`; in a chain of convs, the op and the next one). That
-is what finds interacting ops (an outlier tensor between two ops needs both in fp32), which random
-configs practically never isolate. A design config that meets the goal is shrunk (its ops
-re-quantized one at a time while the goal holds) when the tuner searches on. Then the GP scores a
-pool of candidates each step: every unevaluated config when the space is small, else seeded random
-configs plus local moves around the best configs so far and unions of their fallback sets. It is a
-deterministic function of the seed (``tuning.random_seed``) and the observed results, so a resumed
-run replays exactly. It never proposes a config already evaluated, and ends when the space is
-exhausted (the tuner's ``max_trials`` and ``timeout`` also end it).
+dimensions (not only the model-wise ones): the shared fallback search of
+:mod:`ilit.strategies.fallback` on top of that config (the op-type stage, one-op probes in a seeded
+order, groups of interacting ops through the graph, a shrinking pass), which is what finds
+interacting ops (an outlier tensor between two ops needs both in fp32) that random configs
+practically never isolate. Every config it tries trains the GP. Then, while the budget lasts, the
+GP scores a pool of candidates each step: every unevaluated config when the space is small, else
+seeded random configs plus local moves around the best configs so far, unions of their fallback
+sets and small subsets of their fallback ops. Until a config meets the goal it climbs an optimistic
+bound of the predicted margin among configs with at most one fallback more than the closest one;
+after, constrained expected improvement. It is a deterministic function of the seed
+(``tuning.random_seed``) and the observed results, so a resumed run replays exactly. It never
+proposes a config already evaluated, and ends when the space is exhausted (the tuner's
+``max_trials`` and ``timeout`` also end it).
 
 Needs scikit-learn: ``pip install 'ilit-core[bayesian]'``. It is imported only when this strategy runs.
 """
@@ -35,13 +36,14 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Generator, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..tune_cfg import TENSOR_FIELDS
 from ..strategy import Strategy, TrialResult
 from ..tune_cfg import TuneCfg
+from .fallback import FallbackSearch, Ranking
 
 __all__ = ["BayesianStrategy", "require_sklearn"]
 
@@ -75,8 +77,6 @@ class BayesianStrategy(Strategy):
 
     #: seeded random configs tried after the initial design, before the GP takes over
     n_initial: int = 0
-    #: with timeout 0, op types with more ops than this are not in the initial design
-    type_stage_limit: int = 3
     #: random candidates scored per step when the space is too big to score whole
     pool_size: int = 512
     #: spaces with at most this many configs are scored exhaustively
@@ -191,7 +191,7 @@ class BayesianStrategy(Strategy):
         if len(self._mw) and not self._all_fp32(self._mw[:1])[0]:
             yield from propose(self._mw[0])  # the most-preferred model-wise config first
             if not (self.last is not None and self.last.meets):
-                yield from self._design(rng, self._mw[0], propose)
+                yield from self._fallback_design(rng, self._mw[0])
         self.next_phase("gaussian process")
         for _ in range(self.n_initial):
             vec = self._random_new(rng)
@@ -204,54 +204,27 @@ class BayesianStrategy(Strategy):
                 return
             yield from propose(vec)
 
-    def _with_fallback(self, vec: np.ndarray, ops: Sequence[str]) -> np.ndarray:
-        out = vec.copy()
-        for op in ops:
-            j = self._ops.index(op)
-            if self._fp32[j] >= 0:
-                out[j] = self._fp32[j]
-        return out
+    def _fallback_design(self, rng: np.random.Generator, base: np.ndarray) -> Iterator[TuneCfg]:
+        """The initial design over the fallback dimensions: the shared fallback search on top of ``base``,
+        its one-op probes in a seeded order; every config it tries also trains the GP."""
+        base_cfg = self.decode(base)
+        candidates = self.space.fallback_candidates(base_cfg)
+        if not candidates:
+            return
+        search = FallbackSearch(self, base_cfg, candidates)
+        order = [candidates[int(i)] for i in rng.permutation(len(candidates))]
 
-    def _design(self, rng: np.random.Generator, base: np.ndarray, propose: Any) -> Iterator[TuneCfg]:
-        """The initial design over the fallback dimensions (see the module docstring), then a shrinking
-        pass from the first design config that meets the goal."""
-        fallible = [op for j, op in enumerate(self._ops) if self._fp32[j] >= 0 and base[j] != self._fp32[j]]
-        if not fallible:
-            return
-        limit = math.inf if self.config.tuning.timeout > 0 else self.type_stage_limit
-        groups: List[Tuple[str, List[str]]] = []
-        by_type: Dict[str, List[str]] = {}
-        for op in fallible:
-            by_type.setdefault(self.space.op_types[op], []).append(op)
-        for op_type, ops in by_type.items():
-            if 2 <= len(ops) < len(fallible) and len(ops) <= limit:
-                groups.append((f"op-type {op_type}", ops))
-        for i in rng.permutation(len(fallible)):
-            segment = [n for n in self.space.segment(fallible[int(i)]) if n in fallible]
-            groups.append(("segment", segment))
-        passed: Optional[np.ndarray] = None
-        for phase, ops in groups:
-            vec = self._with_fallback(base, ops)
-            if vec.tobytes() in self._seen or self._all_fp32(vec[None, :])[0]:
-                continue
-            self.next_phase(phase)
-            yield from propose(vec)
-            if self.last is not None and self.last.meets:
-                passed = vec
-                break
-        if passed is None:
-            return
-        self.next_phase("shrink")
-        for j in reversed(range(len(self._ops))):  # re-quantize one op at a time, last op first
-            if passed[j] != self._fp32[j] or self._fp32[j] < 0:
-                continue
-            vec = passed.copy()
-            vec[j] = base[j]
-            if vec.tobytes() in self._seen:
-                continue
-            yield from propose(vec)
-            if self.last is not None and self.last.meets:
-                passed = vec
+        def rank(kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
+            return (yield from search.single_probes(kept, order))
+
+        for cfg in search.search(rank):
+            vec = self.encode(cfg)
+            if vec is not None:
+                self._seen.add(vec.tobytes())
+            yield cfg
+            if vec is not None and self.last is not None:
+                self._X.append(vec)
+                self._R.append(self.last)
 
     def _random(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` seeded random configs: a random model-wise config, a few ops given another choice

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Generator, Iterable, List, Optional, Sequence, Tuple
 
 from ..strategy import TrialResult
-from ..tune_cfg import TuneCfg
+from ..tune_cfg import TuneCfg, quantized_ops
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..strategy import Strategy
@@ -63,8 +63,10 @@ class FallbackSearch:
 
     #: with timeout 0, op types with more candidate ops than this are not tried whole
     type_stage_limit: int = 3
-    #: a probe is informative when it recovers at least this share of the distance to the goal
-    informative_share: float = 0.1
+    #: a probe is informative when it recovers at least this share of the distance to the goal ...
+    informative_share: float = 0.02
+    #: ... and this many times the median change of a one-op probe
+    noise_factor: float = 5.0
 
     def __init__(self, strategy: "Strategy", base: TuneCfg, candidates: Sequence[str]) -> None:
         self.strategy = strategy
@@ -72,6 +74,7 @@ class FallbackSearch:
         self.base = base
         self.candidates = list(candidates)
         self.tried: Dict[FrozenSet[str], TrialResult] = {}
+        self.single_changes: List[float] = []  # |accuracy change| of each one-op probe on top of nothing
         self.passing: Optional[FrozenSet[str]] = None  # the smallest passing fallback set so far
         self.base_accuracy = strategy.accuracy_of(base)
         ctx = strategy.context
@@ -88,9 +91,18 @@ class FallbackSearch:
         return (accuracy - reference) * self.sign
 
     def informative(self, accuracy: float, reference: float) -> bool:
-        """Whether ``accuracy`` recovers a clear share of what ``reference`` lacks to meet the goal."""
+        """Whether ``accuracy`` clearly improves on ``reference``: by :attr:`informative_share` of what the
+        reference lacks to meet the goal, and by :attr:`noise_factor` x the typical change a one-op
+        fallback makes (its noise: several sensitive ops together can each recover little)."""
         gap = self.gain(self.threshold, reference)
-        return gap > 0 and self.gain(accuracy, reference) >= self.informative_share * gap
+        need = max(self.informative_share * gap, self.noise_factor * self.noise())
+        return gap > 0 and self.gain(accuracy, reference) >= need
+
+    def noise(self) -> float:
+        """The median accuracy change of the one-op probes so far (0 before any)."""
+        if not self.single_changes:
+            return 0.0
+        return float(sorted(self.single_changes)[len(self.single_changes) // 2])
 
     def accuracy(self, ops: Iterable[str]) -> float:
         key = frozenset(ops)
@@ -109,10 +121,16 @@ class FallbackSearch:
         key = frozenset(ops)
         if not key or key in self.tried:
             return
+        cfg = self.space.with_fallback(self.base, self.ordered(key))
+        if not quantized_ops(cfg):  # all fp32: the baseline, not a quantized model
+            self.tried[key] = TrialResult(math.nan, math.nan, False)
+            return
         self.strategy.next_phase(phase)
-        yield self.space.with_fallback(self.base, self.ordered(key))
+        yield cfg
         res = self.strategy.last
         self.tried[key] = res if res is not None else TrialResult(math.nan, math.nan, False)
+        if len(key) == 1 and not math.isnan(self.tried[key].accuracy) and not math.isnan(self.base_accuracy):
+            self.single_changes.append(abs(self.tried[key].accuracy - self.base_accuracy))
         if self.tried[key].meets and (self.passing is None or len(key) < len(self.passing)):
             self.passing = key
 
@@ -189,6 +207,22 @@ class FallbackSearch:
             yield from self.probe(smaller, "shrink")
             if self.met(smaller):
                 current = smaller
+
+    def single_probes(self, kept: FrozenSet[str], order: Sequence[str]) -> Generator[TuneCfg, None, Ranking]:
+        """Fall back each op of ``order`` not in ``kept`` alone on top of it, in that order, until one meets
+        the goal; rank them by recovered accuracy (ties keep ``order``)."""
+        reference = self.accuracy(kept)
+        gains: Dict[str, float] = {}
+        for op in order:
+            if op in kept:
+                continue
+            yield from self.probe(kept | {op}, "single-op" if not kept else "single-op on top of kept ops")
+            gains[op] = self.gain(self.accuracy(kept | {op}), reference)
+            if self.passing is not None:
+                break
+        ranked = sorted(gains, key=lambda op: gains[op], reverse=True)  # stable
+        informative = [op for op in ranked if self.informative(self.accuracy(kept | {op}), reference)]
+        return Ranking(ranked, gains, informative)
 
     # ------------------------------------------------------------------ the whole search
     def search(self, rank: Callable[[FrozenSet[str]], Generator[TuneCfg, None, Ranking]],

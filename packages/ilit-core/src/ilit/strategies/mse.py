@@ -150,8 +150,10 @@ class MSEStrategy(BasicStrategy):
     requires_inspect_tensor = True
     #: how many calibration batches to compare outputs on
     inspect_batches: int = 3
-    #: an op clearly adds error when it adds at least this share of the largest added error
+    #: an op clearly adds error when it adds at least this share of the largest added error ...
     significant_share: float = 0.1
+    #: ... and this share of its own output's error (downstream of a ruined tensor, differences are noise)
+    own_share: float = 0.25
 
     def configs(self) -> Iterator[TuneCfg]:
         yield from self.model_wise()
@@ -218,8 +220,12 @@ class MSEStrategy(BasicStrategy):
         informative: List[str] = []
         if own and max(own) > 0:
             floor = self.significant_share * max(own)
-            informative = sorted((op for op in left if finite(added[op]) >= floor and finite(added[op]) > 0),
-                                 key=lambda op: finite(added[op]), reverse=True)
+
+            def clear(op: str) -> bool:  # much error added, and a real part of the op's own output error
+                a = finite(added[op])
+                return a > 0 and a >= floor and a >= self.own_share * errors.get(op, math.inf)
+
+            informative = sorted((op for op in left if clear(op)), key=lambda op: finite(added[op]), reverse=True)
         return Ranking(order, scores, informative)
 
     def measure_errors(self, base: TuneCfg) -> Dict[str, float]:
