@@ -7,8 +7,9 @@ only the pair (or the producer, a pass-through op and the consumer) does. One-op
 :class:`FallbackSearch` works on top of a failing base config (the best model-wise one):
 
 1. **op-type stage** (``type_stage``): all candidate ops of one type in fp32, one type at a time,
-   a cheap early probe (INC has the same stage). With ``timeout: 0`` the first passing config is
-   returned, so only types with at most :attr:`type_stage_limit` ops are tried then.
+   a cheap early probe (INC has the same stage), followed by the shrinking pass. Only with
+   ``timeout > 0``: with ``timeout: 0`` the first passing config is returned as it is, and a whole
+   type is rarely close to minimal.
 2. **ranking** (given by the strategy): one-op probes (basic) or quantization error (mse). Ops whose
    ranking shows them clearly better than the rest are *informative*.
 3. **cumulative** fallback of the informative ops, in rank order, until the goal is met.
@@ -61,8 +62,6 @@ class Ranking:
 class FallbackSearch:
     """One fallback search on top of ``base`` (see the module docstring)."""
 
-    #: with timeout 0, op types with more candidate ops than this are not tried whole
-    type_stage_limit: int = 3
     #: a probe is informative when it recovers at least this share of the distance to the goal ...
     informative_share: float = 0.02
     #: ... and this many times the median change of a one-op probe
@@ -140,13 +139,18 @@ class FallbackSearch:
 
     # ------------------------------------------------------------------ stages
     def type_stage(self) -> Search:
-        """All candidate ops of one type in fp32, a type at a time, until one meets the goal."""
-        limit = math.inf if self.strategy.config.tuning.timeout > 0 else self.type_stage_limit
+        """All candidate ops of one type in fp32, a type at a time, until one meets the goal.
+
+        Only when the search goes on after a passing config (``timeout > 0``) to shrink it: with timeout 0
+        a passing type group would be returned as it is, often far from minimal.
+        """
+        if self.strategy.config.tuning.timeout <= 0:
+            return
         by_type: Dict[str, List[str]] = {}
         for op in self.candidates:
             by_type.setdefault(self.space.op_types[op], []).append(op)
         for op_type, group in by_type.items():
-            if len(group) < 2 or len(group) == len(self.candidates) or len(group) > limit:
+            if len(group) < 2 or len(group) == len(self.candidates):
                 continue
             yield from self.probe(group, f"op-type {op_type}")
             if self.met(group):
