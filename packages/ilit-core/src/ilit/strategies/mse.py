@@ -203,11 +203,12 @@ class MSEStrategy(BasicStrategy):
         """Rank the candidates not in ``kept`` by the error they add or read, with ``kept`` in fp32."""
         cfg = self.space.with_fallback(search.base, search.ordered(kept))
         errors = self.measure_errors(cfg)
-        if not kept:
-            self.op_errors = errors
-            self.insights["op_error"] = {op: (v if math.isfinite(v) else None) for op, v in errors.items()}
         producers = self.space.producers
         added = added_error(self.space.ops, errors, producers)
+        if not kept:
+            self.op_errors = errors
+            # what reports show: the normalized MSE each op adds to its input's
+            self.insights["op_error"] = {op: (v if math.isfinite(v) else None) for op, v in added.items()}
         left = [op for op in reversed(search.candidates) if op not in kept]  # ties: last op first
 
         def finite(v: float) -> float:
