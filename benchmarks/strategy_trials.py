@@ -33,7 +33,7 @@ import os
 import subprocess
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -57,18 +57,21 @@ def summarize(tuner: Any, q: Any, n_ops: int, minimal: Sequence[str], wall: floa
     first = next((t for t in h.trials if t.meets), None)
     # the model-wise phase: the trials before the first one keeping any op in fp32
     n_mw = next((i for i, t in enumerate(h.trials) if fallback_ops(t.tune_cfg)), len(h.trials))
-    best = tuner.best_trial
+    # the smallest fallback set among the passing trials (what the search shrank to; the tuner returns the
+    # passing model with the best objective, which for tiny layers need not be the one with fewest fp32 ops)
+    passing = [fallback_ops(t.tune_cfg) for t in h.trials if t.meets]
     return {"met": first is not None, "trials": first.trial if first else len(h.trials), "ran": len(h.trials),
             "n_mw": n_mw, "after_mw": (first.trial - min(n_mw, first.trial)) if first else None,
             "first_fp32": fallback_ops(first.tune_cfg) if first else [],
-            "best_fp32": fallback_ops(best.tune_cfg) if best else [], "n_ops": n_ops, "minimal": list(minimal),
+            "best_fp32": min(passing, key=len) if passing else [], "n_ops": n_ops, "minimal": list(minimal),
             "wall": wall, **extra}
 
 
 def row_ok(r: Dict[str, Any]) -> bool:
     """The issue's general goals for one run."""
-    return (r["met"] and set(r["minimal"]) <= set(r["first_fp32"]) and len(r["first_fp32"]) <= len(r["minimal"]) + 1
-            and r["after_mw"] <= 3 * r["n_ops"])
+    # (a model-wise config other than the first may pass with fewer fp32 ops than the minimal set, which is
+    # the smallest on top of the first model-wise config)
+    return r["met"] and len(r["first_fp32"]) <= len(r["minimal"]) + 1 and r["after_mw"] <= 3 * r["n_ops"]
 
 
 # ----------------------------------------------------------------------------- part 1: the toy chains
@@ -139,7 +142,7 @@ def toy_table(seeds: Sequence[int], budget: int) -> List[Dict[str, Any]]:
 def print_rows(rows: List[Dict[str, Any]], title: str) -> None:
     print(f"\n== {title} ==")
     hdr = ("model", "strategy", "seed", "met", "trials", "model-wise", "after mw", "ops", "minimal fp32 set",
-           "fp32 at first pass (timeout 0)", "<= min+1", "budget run: fp32 set (trials)", "wall s")
+           "fp32 at first pass (timeout 0)", "<= min+1", "budget run: fewest fp32 passing (trials)", "wall s")
     lines = [hdr]
     for r in rows:
         lines.append((r["model"], r["strategy"], str(r["seed"]), "yes" if r["met"] else "NO",
@@ -167,7 +170,8 @@ def print_goals(rows: List[Dict[str, Any]], toy: bool) -> None:
     for strategy, goal, ok in (
         ("mse", "meets the goal in <= 5 trials after the model-wise phase",
          lambda r: r["met"] and r["after_mw"] <= 5),
-        ("basic", f"meets the goal in <= 2 + ops = {2 + N_TOY_OPS} trials", lambda r: r["met"] and r["trials"] <= 2 + N_TOY_OPS),
+        ("basic", f"meets the goal in <= 2 + ops = {2 + N_TOY_OPS} trials",
+         lambda r: r["met"] and r["trials"] <= 2 + N_TOY_OPS),
         ("bayesian", "meets the goal within 30 trials", lambda r: r["met"] and r["trials"] <= 30),
     ):
         rs = [r for r in ind if r["strategy"] == strategy]
@@ -400,9 +404,14 @@ def minimal_sets(fw: str, act_dtype: str, model: Any, calib: Any, accuracy: Call
     with adaptor.fp32_context(model):
         baseline = accuracy(adaptor, model)
     threshold = cfg.tuning.accuracy_criterion.threshold(baseline, True)
+    def passes(fb: Sequence[str]) -> bool:
+        try:
+            return accuracy(adaptor, adaptor.quantize(space.with_fallback(base, fb), model, calib)) >= threshold
+        except Exception:  # noqa: BLE001 - a config the framework cannot build (e.g. TFLite) does not pass
+            return False
+
     for k in range(len(space.ops)):
-        found = [list(fb) for fb in itertools.combinations(space.ops, k)
-                 if accuracy(adaptor, adaptor.quantize(space.with_fallback(base, fb), model, calib)) >= threshold]
+        found = [list(fb) for fb in itertools.combinations(space.ops, k) if passes(fb)]
         if found:
             return space.ops, found, k
     return space.ops, [list(space.ops)], len(space.ops)

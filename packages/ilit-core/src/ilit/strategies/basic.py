@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, FrozenSet, Generator, Iterator, List, Optional, Set, Tuple
+from typing import Any, FrozenSet, Generator, Iterator, List, Optional, Set, Tuple
 
 from ..strategy import Strategy
 from ..tune_cfg import TuneCfg
