@@ -22,7 +22,8 @@ from torch import nn  # noqa: E402
 
 from . import backend  # noqa: E402
 from .backend import DYNAMIC, QAT, STATIC  # noqa: E402
-from .calibration import (Tap, call_model, collect_stats, load_stats, run_batches,  # noqa: E402
+from .calibration import (Tap, as_call, call_model, collect_stats, describe_inputs, load_stats,  # noqa: E402
+                          run_batches,
                           stat_kinds, tapped_model)
 from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_off_fast_path,  # noqa: E402
                     qconfig_entries, set_submodule)
@@ -182,7 +183,7 @@ class PyTorchAdaptor(Adaptor):
             if not any_q:
                 continue
             # example inputs only matter to prepare_fx for standalone modules; a unit's own are unknown
-            args = (tuple(example) if isinstance(example, (tuple, list)) else (example,)) if unit.prefix == "" else ()
+            args = as_call(model, example)[0] if unit.prefix == "" else ()
             p = backend.prepare(unit.module_in(q), entries, args, is_qat)
             prepared[unit.prefix] = p
             if unit.prefix == "":
@@ -269,9 +270,23 @@ class PyTorchAdaptor(Adaptor):
                             "(no dropout, batch-norm running statistics used and not updated) and leaves its "
                             "mode as it was (an eval_func gets it in eval mode too, its modes restored after)")
             with eval_mode(model, modules), torch.inference_mode():
-                return call_model(model, inputs)
+                return self._call(model, inputs)
         with torch.inference_mode():
-            return call_model(runner, inputs)
+            return self._call(runner, inputs)
+
+    @staticmethod
+    def _call(model: Any, inputs: Any) -> Any:
+        """``call_model``, with the structure of the inputs and how they were passed added to any error."""
+        try:
+            return call_model(model, inputs)
+        except Exception as exc:
+            args, kwargs = as_call(model, inputs)
+            how = (f"{len(args)} positional" if args else "") + (" and " if args and kwargs else "") + (
+                f"keywords {', '.join(map(str, kwargs))}" if kwargs else "")
+            if hasattr(exc, "add_note"):  # Python 3.11+: shown under the traceback, the message is unchanged
+                exc.add_note(f"ilit-pytorch called {type(model).__name__} with {how or 'no inputs'}; the batch's inputs "
+                             f"were {describe_inputs(inputs)} (inputs contract: ilit-pytorch README, 'Inputs')")
+            raise
 
     def _runner(self, model: Any) -> Any:
         """The model to run for ``model``: for an int8 model of this adaptor, a copy of it.

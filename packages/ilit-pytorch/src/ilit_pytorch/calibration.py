@@ -10,6 +10,7 @@ inserts. An observer that watches several nodes (shared by pooling, cat, ...) ge
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
 
@@ -23,7 +24,8 @@ from ilit.batches import batch_inputs
 from . import backend
 from .graph import Analysis, keep_off_fast_path, set_submodule
 
-__all__ = ["Tap", "collect_stats", "load_stats", "stat_kinds", "run_batches", "call_model"]
+__all__ = ["Tap", "collect_stats", "load_stats", "stat_kinds", "run_batches", "call_model", "as_call",
+           "dict_is_positional", "describe_inputs"]
 
 Stats = Dict[str, Dict[str, Dict[str, nn.Module]]]  # unit prefix -> node name -> kind -> recording observer
 
@@ -35,18 +37,89 @@ def stat_kinds(algorithms: Iterable[str]) -> List[str]:
 
 
 def _tensor(x: Any) -> Any:
+    """numpy arrays as tensors, inside tuples, lists and dicts too (any nesting); anything else as it is."""
     if isinstance(x, np.ndarray):
         return torch.from_numpy(x)
+    if isinstance(x, Mapping):
+        return {k: _tensor(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_tensor(v) for v in x) if type(x) in (tuple, list) else x
     return x
 
 
-def call_model(model: Any, inputs: Any) -> Any:
-    """Call ``model`` on one batch of inputs (a tensor/array, a tuple of them, or a dict of keyword inputs)."""
+@functools.lru_cache(maxsize=256)
+def _keywords_of(forward: Any) -> "tuple[bool, frozenset, int]":
+    """(takes **kwargs, parameter names, positional parameters) of a forward; (True, {}, 0) if unknown."""
+    try:
+        sig = inspect.signature(forward)
+    except (TypeError, ValueError):
+        return True, frozenset(), 0
+    params = list(sig.parameters.values())
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return var_kw, names, positional
+
+
+def dict_is_positional(model: Any, inputs: Mapping[str, Any]) -> bool:
+    """Whether a dict of inputs is the model's one positional argument rather than its keyword arguments.
+
+    Keywords unless the forward takes no ``**kwargs``, some key is none of its parameter names, and it
+    has a positional parameter: a ``SentenceTransformer``-style ``forward(features)`` gets the tokenizer's
+    dict whole, a Hugging Face ``forward(input_ids=..., attention_mask=...)`` gets it as keywords.
+    """
+    forward = getattr(getattr(model, "ilit_call_target", model), "forward", None)
+    if forward is None:
+        return False
+    func = getattr(forward, "__func__", forward)
+    try:
+        var_kw, names, positional = _keywords_of(func)
+    except TypeError:  # unhashable forward
+        return False
+    return not var_kw and positional > 0 and not set(inputs) <= names
+
+
+def as_call(model: Any, inputs: Any) -> "tuple[tuple, Dict[str, Any]]":
+    """The (args, kwargs) ``model`` is called with for one batch's inputs (the inputs contract, README):
+
+    - a tensor or array: one positional argument;
+    - a tuple or list: positional arguments, each as it is (nested tuples and dicts are passed whole);
+    - a dict: keyword arguments, or one positional argument when the forward cannot take its keys as
+      keywords (:func:`dict_is_positional`); ``(the_dict,)``, a 1-tuple, always passes it positionally.
+    """
+    inputs = _tensor(inputs)
     if isinstance(inputs, Mapping):
-        return model(**{k: _tensor(v) for k, v in inputs.items()})
+        if dict_is_positional(model, inputs):
+            return (inputs,), {}
+        return (), dict(inputs)
     if isinstance(inputs, (tuple, list)):
-        return model(*(_tensor(v) for v in inputs))
-    return model(_tensor(inputs))
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def call_model(model: Any, inputs: Any) -> Any:
+    """Call ``model`` on one batch's inputs as :func:`as_call` says."""
+    args, kwargs = as_call(model, inputs)
+    return model(*args, **kwargs)
+
+
+def describe_inputs(inputs: Any, depth: int = 0) -> str:
+    """The structure of a batch's inputs in one line (types, dtypes and shapes, not values), for errors."""
+    if depth > 4:
+        return "..."
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        kind = "Tensor" if isinstance(inputs, torch.Tensor) else "ndarray"
+        dtype = str(inputs.dtype).replace("torch.", "")
+        return f"{kind}[{dtype}, {'x'.join(str(d) for d in inputs.shape) or 'scalar'}]"
+    if isinstance(inputs, Mapping):
+        items = list(inputs.items())
+        body = ", ".join(f"{k!r}: {describe_inputs(v, depth + 1)}" for k, v in items[:8])
+        return f"dict({body}{', ...' if len(items) > 8 else ''})"
+    if isinstance(inputs, (tuple, list)):
+        body = ", ".join(describe_inputs(v, depth + 1) for v in list(inputs)[:8])
+        more = ", ..." if len(inputs) > 8 else ""
+        return f"{type(inputs).__name__}({body}{more}{',' if len(inputs) == 1 else ''})"
+    return type(inputs).__name__
 
 
 def run_batches(model: Any, dataloader: Iterable[Any], iterations: int) -> int:
@@ -79,6 +152,7 @@ class Tap(nn.Module):
     def __init__(self, gm: GraphModule, on_output: Callable[[str, torch.Tensor], None]) -> None:
         super().__init__()
         self.gm = gm
+        self.ilit_call_target = gm  # inputs are bound to the graph's own signature (see as_call)
         self._on_output = on_output
         self._sig = inspect.signature(gm.forward)
 

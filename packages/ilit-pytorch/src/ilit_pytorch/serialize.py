@@ -23,6 +23,7 @@ from ilit.logs import get_logger
 import torch
 from torch import nn
 
+from .calibration import as_call
 from .modes import eval_mode
 from .version import __version__
 
@@ -42,24 +43,30 @@ class ModelFileError(ilit.ModelFileError):
     """
 
 
-def _as_args(inputs: Any) -> Any:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-
-
 def _script(model: Any, example: Optional[Any]) -> "tuple[Optional[torch.jit.ScriptModule], str]":
     if isinstance(model, torch.jit.ScriptModule):
         return model, "torchscript"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return torch.jit.script(model), "torchscript"
+            scripted = torch.jit.script(model)
+            _ = scripted.code  # a Tensor argument defaulting to None scripts "fine" and then cannot be saved
+            if example is not None:  # script types unannotated arguments as Tensor: a nested tuple or dict fails
+                args, kwargs = as_call(model, example)
+                with eval_mode(model), torch.no_grad():
+                    scripted(*args, **kwargs)
+            return scripted, "torchscript"
         except Exception as exc:  # noqa: BLE001
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         if example is not None:
             try:
                 # tracing runs the model: in eval mode and without autograd, so it updates nothing in it
+                args, kwargs = as_call(model, example)
                 with eval_mode(model), torch.no_grad():
-                    traced = torch.jit.trace(model, _as_args(example), check_trace=False, strict=False)
+                    if kwargs:
+                        traced = torch.jit.trace(model, example_kwarg_inputs=kwargs, check_trace=False, strict=False)
+                    else:
+                        traced = torch.jit.trace(model, args, check_trace=False, strict=False)
                 log.info("pytorch adaptor: %s does not compile with TorchScript (%s); saved a trace on an example "
                          "batch instead: Python control flow is fixed to that batch's path", type(model).__name__,
                          reason[:160])
