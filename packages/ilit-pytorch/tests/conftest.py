@@ -203,3 +203,68 @@ def uniform_cfg(adaptor, model, weight=None, activation=None, iterations=2, fall
     a = {"dtype": "uint8", "scheme": "asym", "granularity": "per_tensor", "algorithm": "minmax", **(activation or {})}
     cfg = space.make_config({"weight": w, "activation": a}, iterations)
     return space.with_fallback(cfg, fallback) if fallback else cfg
+
+
+class PreLNBlock(nn.Module):
+    """A pre-LayerNorm transformer block with separate q/k/v Linears (the OPT/LLaMA layout SmoothQuant targets)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        h = self.ln1(x)
+        q, k, v = (f(h).reshape(n, t, self.heads, d // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, -1)
+        x = x + self.out((att @ v).transpose(1, 2).reshape(n, t, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+
+
+class TinyTransformer(nn.Module):
+    """Digits as a sequence of 8 rows of 8 pixels: a Linear embedding, pre-LN blocks, a LayerNorm and a head."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.pos = nn.Parameter(torch.zeros(1, 8, dim))
+        self.blocks = nn.Sequential(*[PreLNBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        h = self.blocks(self.embed(x.reshape(x.shape[0], 8, 8)) + self.pos)
+        return self.head(self.norm(h).mean(1))
+
+
+def inject_outliers(model: nn.Module, factor: float = 60.0, channels: int = 3, seed: int = 0) -> nn.Module:
+    """Scale a few output channels of every LayerNorm by ``factor`` and divide the same input columns of the
+    Linears reading it: the FP32 function is unchanged, its activations get the outliers of pretrained transformers."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.modules():
+            if not isinstance(block, PreLNBlock):
+                continue
+            for ln, readers in ((block.ln1, (block.q, block.k, block.v)), (block.ln2, (block.fc1,))):
+                idx = torch.randperm(ln.weight.numel(), generator=g)[:channels]
+                ln.weight[idx] *= factor
+                ln.bias[idx] *= factor
+                for lin in readers:
+                    lin.weight[:, idx] /= factor
+    return model
+
+
+@pytest.fixture(scope="session")
+def outlier_transformer(digits):
+    """A TinyTransformer trained on digits, then given LayerNorm outliers (same FP32 function)."""
+    torch.manual_seed(0)
+    model = train(TinyTransformer(), digits[0], epochs=5, lr=5e-3)
+    return inject_outliers(model)

@@ -15,6 +15,7 @@ The adaptor's ``query_fw_capability(model)`` returns (the documented capability 
       },
       "model_wise": {"weight": {...}, "activation": {...}},   # optional; default: union of op_wise
       "edges": [["features.0", "features.2"], ...],           # optional; see below
+      "recipes": {"smooth_quant": {"alpha": [0.5, 0.75]}},     # optional: model-wise recipes and their values
     }
 
 ``edges`` lists [producer, consumer] pairs of op names: the consumer reads a tensor the producer
@@ -29,6 +30,7 @@ fp32 across weight and activation is dropped, as upstream iLiT did.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -90,6 +92,8 @@ class TuningSpace:
     forced_fallback: Tuple[str, ...] = ()
     #: [producer, consumer] op pairs from the adaptor; empty = unknown, the ops are taken as a chain
     edges: Tuple[Tuple[str, str], ...] = ()
+    #: model-wise recipe choices (``tune_cfg["recipes"]`` values); ``None``, no recipe, is always first
+    recipes: List[Optional[Dict[str, Any]]] = field(default_factory=lambda: [None])
     _op_tensor: Dict[str, Dict[str, Dict[str, List[str]]]] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ construction
@@ -157,7 +161,8 @@ class TuningSpace:
             op_choices[name] = choices
         return cls(approach=approach, iterations=tuple(config.calibration.iterations), op_types=op_types,
                    op_choices=op_choices, global_choices=global_choices, forced_fallback=tuple(forced),
-                   edges=_edges(capability.get("edges"), op_types), _op_tensor=op_tensor)
+                   edges=_edges(capability.get("edges"), op_types),
+                   recipes=_recipe_choices(capability.get("recipes") or {}), _op_tensor=op_tensor)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -239,8 +244,10 @@ class TuningSpace:
         return out
 
     def make_config(self, choice: Mapping[str, Mapping[str, str]], iterations: int,
-                    fallback: Iterable[str] = (), op_cfgs: Optional[Mapping[str, Mapping[str, Any]]] = None) -> TuneCfg:
-        """A full tune_cfg: ``choice`` applied to every op, then ``op_cfgs`` and ``fallback`` on top."""
+                    fallback: Iterable[str] = (), op_cfgs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                    recipes: Optional[Mapping[str, Any]] = None) -> TuneCfg:
+        """A full tune_cfg: ``choice`` applied to every op, then ``op_cfgs`` and ``fallback`` on top;
+        ``recipes`` (e.g. ``{"smooth_quant": {"alpha": 0.5}}``) is recorded only when given."""
         fb = set(fallback)
         ops: Dict[str, Any] = {}
         for name, op_type in self.op_types.items():
@@ -252,22 +259,29 @@ class TuningSpace:
             else:
                 body = self._apply_global(name, choice)
             ops[name] = {"op_type": op_type, **{k: dict(v) for k, v in body.items()}}
-        return {"approach": self.approach, "calibration": {"iterations": int(iterations)}, "ops": ops}
+        cfg: TuneCfg = {"approach": self.approach, "calibration": {"iterations": int(iterations)}, "ops": ops}
+        if recipes:
+            cfg["recipes"] = json.loads(json.dumps(dict(recipes)))
+        return cfg
 
     def model_wise_configs(self) -> List[TuneCfg]:
-        """Every global combination for every calibration batch count, most-preferred first."""
+        """Every global combination for every calibration batch count, most-preferred first; each one
+        without a recipe, then with each recipe choice, so a recipe is tried right after its plain config."""
         out = []
         for it in self.iterations:
             for choice in self.global_choices:
-                cfg = self.make_config(choice, it)
-                if cfg not in out:
-                    out.append(cfg)
+                for recipe in self.recipes:
+                    cfg = self.make_config(choice, it, recipes=recipe)
+                    if cfg not in out:
+                        out.append(cfg)
         return out
 
     def with_fallback(self, tune_cfg: TuneCfg, ops: Iterable[str]) -> TuneCfg:
         """A copy of ``tune_cfg`` with ``ops`` kept in fp32."""
         new = {"approach": tune_cfg["approach"], "calibration": dict(tune_cfg["calibration"]),
                "ops": {n: dict(v) for n, v in tune_cfg["ops"].items()}}
+        if tune_cfg.get("recipes"):
+            new["recipes"] = json.loads(json.dumps(tune_cfg["recipes"]))
         for name in ops:
             if self.can_fallback(name):
                 new["ops"][name] = {"op_type": self.op_types[name], **self.op_choices[name][-1]}
@@ -288,6 +302,17 @@ def _edges(raw: Any, op_types: Mapping[str, str]) -> Tuple[Tuple[str, str], ...]
         if edge[0] in op_types and edge[1] in op_types and edge[0] != edge[1] and edge not in out:
             out.append(edge)
     return tuple(out)
+
+
+def _recipe_choices(recipes: Mapping[str, Mapping[str, Sequence[Any]]]) -> List[Optional[Dict[str, Any]]]:
+    """``None`` (no recipe), then one choice per recipe and value: ``{"smooth_quant": {"alpha": [0.5, 0.75]}}``
+    gives ``[None, {"smooth_quant": {"alpha": 0.5}}, {"smooth_quant": {"alpha": 0.75}}]``."""
+    out: List[Optional[Dict[str, Any]]] = [None]
+    for name, params in recipes.items():
+        keys = list(params)
+        for values in itertools.product(*(params[k] for k in keys)):
+            out.append({name: dict(zip(keys, values))})
+    return out
 
 
 def _fp32(has_weight: bool) -> Dict[str, Any]:

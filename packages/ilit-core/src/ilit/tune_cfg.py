@@ -15,6 +15,13 @@ It is exactly what ``history.json`` stores for each trial. Third-party adaptors 
       }
     }
 
+Optional, model-wise: ``"recipes": {"smooth_quant": {"alpha": 0.5}}``, transformations the adaptor
+applies to the FP32 model before quantizing (offered in the capability's ``recipes``, searched like
+calibration algorithms). A tune_cfg without ``recipes`` (every one written before recipes existed)
+means no recipe, so old history files, their fingerprints and resume are unchanged.
+``smooth_quant`` (ilit-pytorch): SmoothQuant's per-channel migration of activation outliers into the
+Linear weights, ``alpha`` in [0, 1] the share of the range moved.
+
 An op whose activation dtype is ``fp32`` falls back: it must run in fp32 in the quantized model.
 Ops without weights (add, pooling, ...) have no ``weight`` entry. A quantized tensor always has all
 four fields; a fallback tensor only ``dtype``.
@@ -77,7 +84,10 @@ def calibration_key(tune_cfg: Mapping[str, Any]) -> Tuple[Any, ...]:
     """
     algos = tuple(sorted({op["activation"].get("algorithm", "minmax")
                           for op in tune_cfg["ops"].values() if is_quantized(op) and "activation" in op}))
-    return (tune_cfg.get("approach"), int(tune_cfg["calibration"]["iterations"]), algos)
+    key = (tune_cfg.get("approach"), int(tune_cfg["calibration"]["iterations"]), algos)
+    if tune_cfg.get("recipes"):  # a recipe changes the activations the statistics are taken from
+        key += (json.dumps(tune_cfg["recipes"], sort_keys=True),)
+    return key
 
 
 def cfg_fingerprint(tune_cfg: Mapping[str, Any]) -> str:
@@ -93,14 +103,28 @@ def _short(t: Mapping[str, Any]) -> str:
     return f"{t['dtype']}/{t.get('scheme')}/{gran}/{t.get('algorithm')}"
 
 
+def _uniform(values: List[str]) -> str:
+    """The one value, or each distinct value with its count (most common first): ``{a x40, b x9}``."""
+    counts: Dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    if len(counts) == 1:
+        return values[0]
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    return "{" + ", ".join(f"{v} x{n}" for v, n in ranked[:3]) + (", ..." if len(ranked) > 3 else "") + "}"
+
+
 def describe(tune_cfg: Mapping[str, Any], max_names: int = 4) -> str:
-    """One human-readable line: what is quantized (and how, when uniform) and what falls back."""
+    """One human-readable line: what is quantized and how (weights and activations apart, each distinct choice
+    with its op count when they differ), the recipes, and what falls back."""
     q = quantized_ops(tune_cfg)
     fb = fallback_ops(tune_cfg)
-    kinds = sorted({(_short(tune_cfg["ops"][n].get("weight", {"dtype": "fp32"})),
-                     _short(tune_cfg["ops"][n].get("activation", {"dtype": "fp32"}))) for n in q})
-    how = "mixed" if len(kinds) > 1 else (f"w={kinds[0][0]} a={kinds[0][1]}" if kinds else "-")
+    weights = [_short(tune_cfg["ops"][n]["weight"]) for n in q if "weight" in tune_cfg["ops"][n]]
+    acts = [_short(tune_cfg["ops"][n].get("activation", {"dtype": "fp32"})) for n in q]
+    how = " ".join(f"{k}={_uniform(v)}" for k, v in (("w", weights), ("a", acts)) if v) or "-"
     text = f"calib={tune_cfg['calibration']['iterations']} int8 ops={len(q)} [{how}]"
+    for name, params in sorted((tune_cfg.get("recipes") or {}).items()):
+        text += f" {name}(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
     if fb:
         names = ", ".join(fb[:max_names]) + (f", +{len(fb) - max_names} more" if len(fb) > max_names else "")
         text += f" fp32 fallback={len(fb)} ({names})"

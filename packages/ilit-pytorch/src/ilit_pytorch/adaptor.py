@@ -29,6 +29,7 @@ from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_
                     qconfig_entries, set_submodule)
 from .modes import eval_mode, restored_modes, training_modules  # noqa: E402
 from .serialize import load_model, save_model  # noqa: E402
+from . import smoothquant  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
 
@@ -67,6 +68,8 @@ class PyTorchAdaptor(Adaptor):
         self._modules: Tuple[Any, List[nn.Module]] = (None, [])  # (the last fp32 model infer ran, its modules)
         # quantized model id -> (weakref, {add/cat op name: (unit prefix, op)}), for inspect_tensor
         self._functional: Dict[int, Tuple[Any, Dict[str, Tuple[str, Op]]]] = {}
+        # (model id, alpha, calibration batches) -> (weakref to the fp32 model, its SmoothQuant-migrated copy)
+        self._smoothed: Dict[Tuple[int, float, int], Tuple[Any, nn.Module]] = {}
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -134,6 +137,7 @@ class PyTorchAdaptor(Adaptor):
                 op_type = backend.dynamic_op_type(module)
                 if op_type is not None:
                     ops[(name, op_type)] = {"weight": dict(WEIGHT_CAPABILITY), "activation": dict(act)}
+<<<<<<< HEAD
             return {"approaches": list(backend.APPROACHES), "op_wise": ops}
         analysis = self.analysis(model, approach == QAT)
         for op in analysis.ops.values():
@@ -143,6 +147,40 @@ class PyTorchAdaptor(Adaptor):
             ops[(op.name, op.op_type)] = cap
         # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
         return {"approaches": list(backend.APPROACHES), "op_wise": ops, "edges": [list(e) for e in analysis.edges]}
+=======
+        else:
+            for op in self.analysis(model, approach == QAT).ops.values():
+                cap = {"activation": dict(act)}
+                if op.weighted:
+                    cap["weight"] = dict(WEIGHT_CAPABILITY)
+                ops[(op.name, op.op_type)] = cap
+        cap: Dict[str, Any] = {"approaches": list(backend.APPROACHES), "op_wise": ops}
+        # offered where a LayerNorm feeds Linears (transformers): CNN heads keep their 24 model-wise configs
+        if approach == STATIC and any(g.kind == "layernorm" for g in smoothquant.find_groups(model, self.analysis(model, False))):
+            cap["recipes"] = {smoothquant.RECIPE: {"alpha": list(smoothquant.ALPHAS)}}
+        return cap
+
+    def smoothed_model(self, model: nn.Module, alpha: float, dataloader: Iterable[Any], iterations: int) -> nn.Module:
+        """``model`` with SmoothQuant applied at ``alpha`` (statistics from ``iterations`` batches), cached."""
+        key = (id(model), float(alpha), int(iterations))
+        hit = self._smoothed.get(key)
+        if hit is not None and hit[0]() is model:
+            return hit[1]
+        groups = smoothquant.find_groups(model, self.analysis(model, False))
+        names = [n for g in groups for n in g.linears]
+        absmax, ran = smoothquant.input_absmax(model, names, dataloader, iterations)
+        self.calibration_batches += ran
+        out = smoothquant.smooth(model, groups, absmax, alpha)
+        self._smoothed = {k: v for k, v in self._smoothed.items() if v[0]() is not None}
+        self._smoothed[key] = (weakref.ref(model), out)
+        return out
+
+    def canonical_cfg(self, tune_cfg: TuneCfg) -> TuneCfg:
+        """Recipes only change static models: a dynamic or QAT tune_cfg drops its ``recipes``."""
+        if tune_cfg.get("recipes") and tune_cfg.get("approach") != STATIC:
+            return {k: v for k, v in tune_cfg.items() if k != "recipes"}
+        return tune_cfg
+>>>>>>> dcc1551 (ilit-pytorch: SmoothQuant as a tunable recipe - per-channel migration folded into the LayerNorm/Linear feeding only Linears, alpha 0.5/0.75 offered in the capability for LayerNorm models; core: capability 'recipes' become model-wise choices (each plain config, then with each recipe), tune_cfg 'recipes' (absent = none, documented), kept by with_fallback, part of calibration_key; describe() shows weights and activations apart with counts and the recipe instead of [mixed]; benchmarks/pytorch_transformer.py)
 
     # ---------------------------------------------------------------- quantize
     def quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],
@@ -156,6 +194,9 @@ class PyTorchAdaptor(Adaptor):
             raise ValueError("quant_aware_training needs q_func(model), a function that trains the prepared model; "
                              "pass it to tune(..., q_func=...)")
         is_qat = approach == QAT
+        alpha = smoothquant.alpha_of(tune_cfg)
+        if alpha is not None and approach == STATIC:
+            model = self.smoothed_model(model, alpha, dataloader, int(tune_cfg["calibration"]["iterations"]))
         analysis = self.analysis(model, is_qat)
         if analysis.traceable:
             return self._graph_mode(tune_cfg, model, analysis, dataloader, q_func)
@@ -218,7 +259,7 @@ class PyTorchAdaptor(Adaptor):
         this calibration key (approach, batch count, algorithms) needs statistics not recorded yet.
         Histograms (``kl``, ``percentile``) cost far more than min/max on large activations, so they are
         only recorded once a config asks for them."""
-        approach, iterations, algos = calibration_key(tune_cfg)
+        approach, iterations, algos = calibration_key(tune_cfg)[:3]  # a recipe: the model is its own copy
         key = (id(model), approach, iterations)
         needed = set(stat_kinds(algos))
         entry = self._stats.get(key)

@@ -52,8 +52,10 @@ def _script(model: Any, example: Optional[Any]) -> "tuple[Optional[torch.jit.Scr
             scripted = torch.jit.script(model)
             _ = scripted.code  # a Tensor argument defaulting to None scripts "fine" and then cannot be saved
             if example is not None:  # script types unannotated arguments as Tensor: a nested tuple or dict fails
+                # checked on a copy: int8 kernels keep the first shape they run, and ``model`` must not have run
+                scripted = torch.jit.script(copy.deepcopy(model))
                 args, kwargs = as_call(model, example)
-                with eval_mode(model), torch.no_grad():
+                with torch.no_grad():
                     scripted(*args, **kwargs)
             return scripted, "torchscript"
         except Exception as exc:  # noqa: BLE001

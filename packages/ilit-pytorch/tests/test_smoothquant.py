@@ -1,0 +1,113 @@
+"""SmoothQuant as a tunable recipe: FP32-equivalent migration, the capability, tuning and resume with it."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+from torch import nn
+
+from conftest import DigitsCNN, TinyTransformer, accuracy, make_adaptor, space_for, uniform_cfg
+
+import ilit
+from ilit.tune_cfg import calibration_key, describe
+from ilit_pytorch import smoothquant
+
+
+def _flat_inputs(digits):
+    return digits[0][:4]
+
+
+def test_migration_keeps_the_fp32_function_and_flattens_the_outliers(outlier_transformer, digits):
+    model = outlier_transformer
+    adaptor = make_adaptor()
+    groups = smoothquant.find_groups(model, adaptor.analysis(model, False))
+    by_producer = {g.producer: g for g in groups}
+    # ln1 feeds q/k/v only and ln2 fc1 only; the final norm feeds a mean, not a Linear
+    assert by_producer["blocks.0.ln1"].linears == ["blocks.0.q", "blocks.0.k", "blocks.0.v"]
+    assert by_producer["blocks.1.ln2"].linears == ["blocks.1.fc1"]
+    assert "norm" not in by_producer
+    before = copy.deepcopy(model.state_dict())
+    smoothed = adaptor.smoothed_model(model, 0.5, digits[0], 4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model untouched
+    assert not torch.equal(smoothed.blocks[0].ln1.weight, model.blocks[0].ln1.weight)
+    x = torch.cat([xb for xb, _ in digits[1][:3]])
+    with torch.no_grad():
+        torch.testing.assert_close(smoothed(x), model(x), rtol=1e-4, atol=1e-4)
+    # the input of q: its largest channel over its median channel shrinks (outliers moved into the weights)
+    stats = {}
+    for name, m in (("fp32", model), ("smoothed", smoothed)):
+        absmax, _ = smoothquant.input_absmax(m, ["blocks.0.q"], digits[0], 4)
+        a = absmax["blocks.0.q"]
+        stats[name] = float(a.max() / a.median())
+    assert stats["smoothed"] < stats["fp32"] / 3
+    # by hand: s = max|x|^a / max|W|^(1-a) over q, k, v; q's weight is multiplied by s column-wise
+    absmax, _ = smoothquant.input_absmax(model, ["blocks.0.q"], digits[0], 4)
+    w = torch.stack([getattr(model.blocks[0], n).weight.abs().amax(0) for n in "qkv"]).amax(0)
+    s = absmax["blocks.0.q"] ** 0.5 / w ** 0.5
+    torch.testing.assert_close(smoothed.blocks[0].q.weight, model.blocks[0].q.weight * s, rtol=1e-5, atol=1e-6)
+
+
+def test_capability_offers_the_recipe_for_layernorm_models_only(outlier_transformer, trained_cnn):
+    adaptor = make_adaptor()
+    cap = adaptor.query_fw_capability(outlier_transformer)
+    assert cap["recipes"] == {"smooth_quant": {"alpha": list(smoothquant.ALPHAS)}}
+    assert "recipes" not in adaptor.query_fw_capability(trained_cnn)
+    assert "recipes" not in make_adaptor({"quantization": {"approach": "post_training_dynamic_quant"}}) \
+        .query_fw_capability(outlier_transformer)
+    space = space_for(adaptor, outlier_transformer)
+    configs = space.model_wise_configs()
+    # each plain config is followed by the same config with each alpha
+    assert "recipes" not in configs[0]
+    assert [c["recipes"]["smooth_quant"]["alpha"] for c in configs[1:1 + len(smoothquant.ALPHAS)]] == list(smoothquant.ALPHAS)
+    assert {k: v for k, v in configs[1].items() if k != "recipes"} == configs[0]
+    assert calibration_key(configs[0]) != calibration_key(configs[1])
+    assert "smooth_quant(alpha=0.5)" in describe(configs[1])
+    # fallback keeps the recipe
+    assert space.with_fallback(configs[1], ["blocks.0.q"])["recipes"] == configs[1]["recipes"]
+
+
+def test_smoothquant_model_is_int8_and_closer_to_fp32(outlier_transformer, digits):
+    adaptor = make_adaptor()
+    plain = uniform_cfg(adaptor, outlier_transformer, iterations=4)
+    sq = {**plain, "recipes": {"smooth_quant": {"alpha": 0.5}}}
+    x = torch.cat([xb for xb, _ in digits[1]])
+    with torch.no_grad():
+        ref = outlier_transformer(x)
+        err = {name: float((adaptor.quantize(cfg, outlier_transformer, digits[0])(x) - ref).pow(2).mean())
+               for name, cfg in (("plain", plain), ("sq", sq))}
+    assert err["sq"] < err["plain"] / 4
+
+
+def _conf(tmp_path, ws, max_trials):
+    return {"framework": {"name": "pytorch"}, "calibration": {"iterations": [4]},
+            "quantization": {"approach": "post_training_static_quant",
+                             "weight": {"granularity": "per_channel", "scheme": "sym"},
+                             "activation": {"scheme": "asym", "algorithm": "minmax"}},
+            "tuning": {"metric": {"topk": 1}, "accuracy_criterion": {"relative": 0.01}, "objective": "performance",
+                       "max_trials": max_trials, "workspace": {"path": str(tmp_path / ws)}}}
+
+
+def test_tune_with_smoothquant_and_resume(outlier_transformer, digits, tmp_path):
+    model = outlier_transformer
+    first = ilit.Tuner(_conf(tmp_path, "a", 1))
+    first.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1])
+    assert len(first.history.trials) == 1 and "recipes" not in first.history.trials[0].tune_cfg
+    # resume: the plain trial is replayed, not run again; the next one is the same config with SmoothQuant
+    second = ilit.Tuner(_conf(tmp_path, "b", 3))
+    second.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1], resume_file=first.history_path)
+    trials = second.history.trials
+    assert trials[0].tune_cfg == first.history.trials[0].tune_cfg
+    assert trials[1].tune_cfg["recipes"] == {"smooth_quant": {"alpha": 0.5}}
+    assert trials[1].accuracy > trials[0].accuracy  # the outliers cost plain INT8 accuracy; SmoothQuant recovers it
+    saved = json.loads(open(second.history_path).read())
+    assert saved["trials"][1]["tune_cfg"]["recipes"] == {"smooth_quant": {"alpha": 0.5}}
+    # resuming a history whose best trial has the recipe rebuilds that model with the recipe applied
+    third = ilit.Tuner(_conf(tmp_path, "c", 3))
+    q = third.tune(model, q_dataloader=digits[0], eval_dataloader=digits[1], resume_file=second.history_path)
+    assert [t.tune_cfg for t in third.history.trials[:2]] == [t.tune_cfg for t in trials[:2]]
+    assert third.adaptor.quantize_calls <= len(third.history.trials) - 2 + 1  # at most the best, rebuilt
+    if second.best_trial is not None and second.best_trial.tune_cfg.get("recipes"):
+        assert q is not None
+        assert not torch.equal(q.get_submodule("blocks.0.ln1").weight, model.blocks[0].ln1.weight)
