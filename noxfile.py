@@ -78,7 +78,7 @@ def oldest(session: nox.Session) -> None:
 def pytorch(session: nox.Session) -> None:
     """ilit-pytorch with torch 2.13.0 (CPU)."""
     session.install(TORCH)
-    session.install(CORE, f"{METRICS}[coco]", "./packages/ilit-pytorch[torch]", "pytest", "scikit-learn")
+    session.install(CORE, f"{METRICS}[coco]", "./packages/ilit-pytorch[torch,pt2e]", "pytest", "scikit-learn")
     pytest(session, "packages/ilit-pytorch/tests")
 
 

@@ -47,6 +47,15 @@ ACTIVATION_CAPABILITY = {
 }
 
 
+#: what X86InductorQuantizer can do per op (symmetric int8 weights, asymmetric uint8 activations)
+PT2E_CAPABILITY = {
+    "weight": {"dtype": ["int8", "fp32"], "scheme": ["sym"], "granularity": ["per_channel", "per_tensor"],
+               "algorithm": ["minmax"]},
+    "activation": {"dtype": ["uint8", "fp32"], "scheme": ["asym"], "granularity": ["per_tensor"],
+                   "algorithm": ["minmax", "kl"]},
+}
+
+
 class PyTorchAdaptor(Adaptor):
     """Quantizes ``torch.nn.Module`` models to real INT8 (x86 kernels) with FX graph mode.
 
@@ -70,6 +79,14 @@ class PyTorchAdaptor(Adaptor):
         self._functional: Dict[int, Tuple[Any, Dict[str, Tuple[str, Op]]]] = {}
         # (model id, alpha, calibration batches) -> (weakref to the fp32 model, its SmoothQuant-migrated copy)
         self._smoothed: Dict[Tuple[int, float, int], Tuple[Any, nn.Module]] = {}
+        self.backend_name = backend.requested_backend()  # fx, or pt2e if ILIT_PYTORCH_BACKEND=pt2e
+        if self.backend_name == "pt2e":
+            missing = backend.pt2e_missing()
+            if missing:
+                log.warning("pytorch adaptor: ILIT_PYTORCH_BACKEND=pt2e but %s; using the FX backend", missing)
+                self.backend_name = "fx"
+        self._exports: Dict[int, Tuple[Any, Any]] = {}  # model id -> (weakref, its exported GraphModule)
+        self._export_failed: Dict[int, str] = {}  # model id -> why torch.export failed (FX is used instead)
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -137,28 +154,33 @@ class PyTorchAdaptor(Adaptor):
                 op_type = backend.dynamic_op_type(module)
                 if op_type is not None:
                     ops[(name, op_type)] = {"weight": dict(WEIGHT_CAPABILITY), "activation": dict(act)}
-<<<<<<< HEAD
-            return {"approaches": list(backend.APPROACHES), "op_wise": ops}
-        analysis = self.analysis(model, approach == QAT)
-        for op in analysis.ops.values():
-            cap = {"activation": dict(act)}
-            if op.weighted:
-                cap["weight"] = dict(WEIGHT_CAPABILITY)
-            ops[(op.name, op.op_type)] = cap
-        # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
-        return {"approaches": list(backend.APPROACHES), "op_wise": ops, "edges": [list(e) for e in analysis.edges]}
-=======
+        elif self._pt2e(approach):
+            log.info("pytorch adaptor: PT2E backend (ILIT_PYTORCH_BACKEND=pt2e): torchao X86InductorQuantizer on "
+                     "torch.export; the ops are the Linear/Conv modules, each INT8 or fp32")
+            for name, module in model.named_modules():
+                op_type = backend.weighted_op_type(module) if type(module) in backend.PT2E_OPS else None
+                if op_type is not None:
+                    ops[(name, op_type)] = {"weight": dict(PT2E_CAPABILITY["weight"]),
+                                            "activation": dict(PT2E_CAPABILITY["activation"])}
         else:
-            for op in self.analysis(model, approach == QAT).ops.values():
+            analysis = self.analysis(model, approach == QAT)
+            for op in analysis.ops.values():
                 cap = {"activation": dict(act)}
                 if op.weighted:
                     cap["weight"] = dict(WEIGHT_CAPABILITY)
                 ops[(op.name, op.op_type)] = cap
-        cap: Dict[str, Any] = {"approaches": list(backend.APPROACHES), "op_wise": ops}
+        result: Dict[str, Any] = {"approaches": list(backend.APPROACHES), "op_wise": ops}
+        if approach != DYNAMIC and not self._pt2e(approach):
+            # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
+            result["edges"] = [list(e) for e in analysis.edges]
         # offered where a LayerNorm feeds Linears (transformers): CNN heads keep their 24 model-wise configs
-        if approach == STATIC and any(g.kind == "layernorm" for g in smoothquant.find_groups(model, self.analysis(model, False))):
-            cap["recipes"] = {smoothquant.RECIPE: {"alpha": list(smoothquant.ALPHAS)}}
-        return cap
+        groups = smoothquant.find_groups(model, self.analysis(model, False)) if approach == STATIC else []
+        if any(g.kind == "layernorm" for g in groups):
+            result["recipes"] = {smoothquant.RECIPE: {"alpha": list(smoothquant.ALPHAS)}}
+        return result
+
+    def _pt2e(self, approach: str) -> bool:
+        return self.backend_name == "pt2e" and approach == STATIC
 
     def smoothed_model(self, model: nn.Module, alpha: float, dataloader: Iterable[Any], iterations: int) -> nn.Module:
         """``model`` with SmoothQuant applied at ``alpha`` (statistics from ``iterations`` batches), cached."""
@@ -180,7 +202,6 @@ class PyTorchAdaptor(Adaptor):
         if tune_cfg.get("recipes") and tune_cfg.get("approach") != STATIC:
             return {k: v for k, v in tune_cfg.items() if k != "recipes"}
         return tune_cfg
->>>>>>> dcc1551 (ilit-pytorch: SmoothQuant as a tunable recipe - per-channel migration folded into the LayerNorm/Linear feeding only Linears, alpha 0.5/0.75 offered in the capability for LayerNorm models; core: capability 'recipes' become model-wise choices (each plain config, then with each recipe), tune_cfg 'recipes' (absent = none, documented), kept by with_fallback, part of calibration_key; describe() shows weights and activations apart with counts and the recipe instead of [mixed]; benchmarks/pytorch_transformer.py)
 
     # ---------------------------------------------------------------- quantize
     def quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],
@@ -197,6 +218,13 @@ class PyTorchAdaptor(Adaptor):
         alpha = smoothquant.alpha_of(tune_cfg)
         if alpha is not None and approach == STATIC:
             model = self.smoothed_model(model, alpha, dataloader, int(tune_cfg["calibration"]["iterations"]))
+        if self._pt2e(approach) and id(model) not in self._export_failed:
+            try:
+                return self._pt2e_quantize(tune_cfg, model, dataloader)
+            except backend.ExportError as exc:
+                self._export_failed[id(model)] = str(exc)
+                log.warning("pytorch adaptor: torch.export cannot capture %s (%s); FX backend for this model",
+                            type(model).__name__, str(exc)[:300])
         analysis = self.analysis(model, is_qat)
         if analysis.traceable:
             return self._graph_mode(tune_cfg, model, analysis, dataloader, q_func)
@@ -220,7 +248,8 @@ class PyTorchAdaptor(Adaptor):
         q = copy.deepcopy(model).train(is_qat)
         prepared: Dict[str, Any] = {}
         for unit in analysis.units:
-            entries, any_q = qconfig_entries(unit, lambda op: backend.make_qconfig(tune_cfg["ops"][op], approach))
+            # ops a PT2E capability did not list (add, cat) stay fp32 when FX stands in for it
+            entries, any_q = qconfig_entries(unit, lambda op: backend.make_qconfig(tune_cfg["ops"].get(op, {}), approach))
             if not any_q:
                 continue
             # example inputs only matter to prepare_fx for standalone modules; a unit's own are unknown
@@ -251,6 +280,40 @@ class PyTorchAdaptor(Adaptor):
         self._functional = {k: v for k, v in self._functional.items() if v[0]() is not None}  # drop dead models
         self._functional[id(q)] = (weakref.ref(q), {op.name: (u.prefix, op) for u in analysis.units
                                                     for op in u.ops.values() if not op.weighted})
+        return q
+
+    def _pt2e_quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any]) -> nn.Module:
+        """Export, annotate op by op, calibrate and convert with torchao; no compile (see PT2EModel)."""
+        example = batch_inputs(next(iter(dataloader)))
+        self._example = example
+        args, kwargs = as_call(model, example)
+        hit = self._exports.get(id(model))
+        if hit is None or hit[0]() is not model:
+            try:
+                with eval_mode(model):
+                    exported = backend.pt2e_export(model, args, kwargs)
+            except Exception as exc:  # noqa: BLE001 - any export failure means "use FX"
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise backend.ExportError(f"{type(exc).__name__}: {why}") from exc
+            log.info("pytorch adaptor: %s exported with torch.export (strict=False): PT2E backend",
+                     type(model).__name__)
+            self._exports = {k: v for k, v in self._exports.items() if v[0]() is not None}
+            hit = self._exports[id(model)] = (weakref.ref(model), exported)
+        exported = copy.deepcopy(hit[1])  # prepare_pt2e rewrites the graph it is given
+        cfgs = {name: (op if is_quantized(op) else None) for name, op in tune_cfg["ops"].items()}
+        prepared = backend.pt2e_prepare(exported, cfgs)
+        iterations = int(tune_cfg["calibration"]["iterations"])
+        n = 0
+        with torch.no_grad():
+            for batch in dataloader:
+                if n >= iterations:
+                    break
+                a, k = as_call(model, batch_inputs(batch))
+                prepared(*a, **k)
+                n += 1
+        self.calibration_batches += n
+        q = backend.PT2EModel(backend.pt2e_convert(prepared))
+        q._ilit_quantized = True
         return q
 
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
@@ -338,6 +401,8 @@ class PyTorchAdaptor(Adaptor):
         """
         if not getattr(model, "_ilit_quantized", False):
             return model
+        if isinstance(model, backend.PT2EModel):
+            return model.graph_module  # the reference graph: accuracy needs no compile, and it keeps no kernels
         ref, shadow = self._shadow
         if ref is None or ref() is not model:
             shadow = copy.deepcopy(model)
@@ -416,6 +481,8 @@ class PyTorchAdaptor(Adaptor):
 
     # ---------------------------------------------------------------- files
     def save(self, model: Any, path: str) -> None:
+        if isinstance(model, backend.PT2EModel):  # its reference graph (TorchScript needs torchao's ops to load)
+            model = model.graph_module
         save_model(model, path, self._example)
 
     def load(self, path: str, model: Optional[nn.Module] = None) -> Any:

@@ -276,3 +276,104 @@ def dynamic_quantize(model: nn.Module, qconfigs: Mapping[str, QConfig]) -> nn.Mo
         return quantize_dynamic(model, qconfig_spec=dict(qconfigs), inplace=False)
     finally:
         ctx.__exit__(None, None, None)
+
+
+# ----------------------------------------------------------------------------- PT2E (torchao), opt-in
+PT2E_ENV = "ILIT_PYTORCH_BACKEND"
+PT2E_OPS = (nn.Linear, nn.Conv2d)  # what X86InductorQuantizer annotates
+
+
+class ExportError(RuntimeError):
+    """torch.export could not capture the model (the adaptor then uses FX for it)."""
+
+
+def requested_backend() -> str:
+    """``fx`` (default) or ``pt2e``, from ``ILIT_PYTORCH_BACKEND``; anything else is refused with the choices."""
+    name = os.environ.get(PT2E_ENV, "fx").strip().lower() or "fx"
+    if name not in ("fx", "pt2e"):
+        raise ValueError(f"{PT2E_ENV}={name!r}: use fx (FX graph mode, the default) or pt2e (torchao PT2E)")
+    return name
+
+
+def pt2e_missing() -> Optional[str]:
+    """Why PT2E cannot be used here (torchao missing), or None."""
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a torchao built for another torch
+        return f"torchao is not importable ({type(exc).__name__}: {exc}); pip install 'ilit-pytorch[pt2e]'"
+    return None
+
+
+def pt2e_export(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> GraphModule:
+    """``torch.export`` (strict=False, as Hugging Face models need) of ``model`` in eval mode, as a GraphModule."""
+    from torch.export import Dim
+    from torch.utils._pytree import tree_map
+
+    def batch_dim(t: Any) -> Any:  # the batch size may change (the eval batches, batch 1 in production)
+        return {0: Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() > 0 else None
+
+    import inspect
+    order = [p for p in inspect.signature(model.forward).parameters if p in kwargs]
+    order += [k for k in kwargs if k not in order]
+    kwargs = {k: kwargs[k] for k in order}
+    shapes = tuple(tree_map(batch_dim, a) for a in args) + tuple(tree_map(batch_dim, v) for v in kwargs.values())
+    with torch.no_grad():
+        return torch.export.export(model, tuple(args), kwargs, dynamic_shapes=shapes, strict=False).module()
+
+
+def _pt2e_config(op_cfg: Mapping[str, Any]) -> Any:
+    """The torchao QuantizationConfig for one tune_cfg op entry (X86InductorQuantizer's, observers per entry)."""
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+    from torchao.quantization.pt2e import MinMaxObserver as AoMinMax  # torchao's own observers, not torch.ao's
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+    lo, hi = activation_range()
+    base = get_default_x86_inductor_quantization_config(reduce_range=hi == 127)
+    act = op_cfg.get("activation", {})
+    if act.get("algorithm", "kl") == "minmax":
+        spec = QuantizationSpec(dtype=torch.uint8, quant_min=lo, quant_max=hi, qscheme=torch.per_tensor_affine,
+                                is_dynamic=False, observer_or_fake_quant_ctr=AoMinMax.with_args(eps=2 ** -12))
+        base = QuantizationConfig(spec, spec, base.weight, base.bias, False)
+    weight = op_cfg.get("weight") or {}
+    if weight.get("granularity") == "per_tensor":
+        wspec = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                                 is_dynamic=False, observer_or_fake_quant_ctr=AoMinMax.with_args(eps=2 ** -12))
+        base = QuantizationConfig(base.input_activation, base.output_activation, wspec, base.bias, False)
+    return base
+
+
+def pt2e_prepare(exported: GraphModule, op_cfgs: Mapping[str, Optional[Mapping[str, Any]]]) -> GraphModule:
+    """Annotate ``exported`` op by op (module name; None keeps that op in fp32) and insert observers."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
+
+    quantizer = X86InductorQuantizer()  # no global config: only the named ops are quantized
+    for name, cfg in op_cfgs.items():
+        quantizer.set_module_name_qconfig(name, _pt2e_config(cfg) if cfg is not None else None)
+    return prepare_pt2e(exported, quantizer)
+
+
+def pt2e_convert(prepared: GraphModule) -> GraphModule:
+    """The calibrated graph with quantize/dequantize ops (reference numerics; ``torch.compile`` makes it int8)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return convert_pt2e(prepared)
+
+
+class PT2EModel(nn.Module):
+    """A PT2E-quantized model: ``graph_module`` runs the reference q/dq graph (what ilit evaluates, no
+    compile); calling the model compiles it once with Inductor (freezing on), which lowers to int8 kernels."""
+
+    def __init__(self, graph_module: GraphModule) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.ilit_call_target = graph_module  # inputs are bound to the exported signature (calibration.as_call)
+        self._compiled: Any = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is None:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True  # without it int8 ran no faster than compiled fp32 (facts.md)
+            self._compiled = torch.compile(self.graph_module)
+        return self._compiled(*args, **kwargs)
