@@ -10,7 +10,7 @@ import logging
 import pytest
 import torch
 
-from conftest import Gate, TinyTransformer, make_adaptor, space_for, uniform_cfg
+from conftest import Gate, TinyTransformer, make_adaptor, uniform_cfg
 
 import ilit
 from ilit_pytorch import backend

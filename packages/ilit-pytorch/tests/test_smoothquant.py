@@ -6,9 +6,8 @@ import copy
 import json
 
 import torch
-from torch import nn
 
-from conftest import DigitsCNN, TinyTransformer, accuracy, make_adaptor, space_for, uniform_cfg
+from conftest import make_adaptor, space_for, uniform_cfg
 
 import ilit
 from ilit.tune_cfg import calibration_key, describe
@@ -60,7 +59,8 @@ def test_capability_offers_the_recipe_for_layernorm_models_only(outlier_transfor
     configs = space.model_wise_configs()
     # each plain config is followed by the same config with each alpha
     assert "recipes" not in configs[0]
-    assert [c["recipes"]["smooth_quant"]["alpha"] for c in configs[1:1 + len(smoothquant.ALPHAS)]] == list(smoothquant.ALPHAS)
+    alphas = [c["recipes"]["smooth_quant"]["alpha"] for c in configs[1:1 + len(smoothquant.ALPHAS)]]
+    assert alphas == list(smoothquant.ALPHAS)
     assert {k: v for k, v in configs[1].items() if k != "recipes"} == configs[0]
     assert calibration_key(configs[0]) != calibration_key(configs[1])
     assert "smooth_quant(alpha=0.5)" in describe(configs[1])

@@ -84,7 +84,7 @@ def calibration_key(tune_cfg: Mapping[str, Any]) -> Tuple[Any, ...]:
     """
     algos = tuple(sorted({op["activation"].get("algorithm", "minmax")
                           for op in tune_cfg["ops"].values() if is_quantized(op) and "activation" in op}))
-    key = (tune_cfg.get("approach"), int(tune_cfg["calibration"]["iterations"]), algos)
+    key: Tuple[Any, ...] = (tune_cfg.get("approach"), int(tune_cfg["calibration"]["iterations"]), algos)
     if tune_cfg.get("recipes"):  # a recipe changes the activations the statistics are taken from
         key += (json.dumps(tune_cfg["recipes"], sort_keys=True),)
     return key

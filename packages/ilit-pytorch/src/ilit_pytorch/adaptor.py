@@ -249,7 +249,8 @@ class PyTorchAdaptor(Adaptor):
         prepared: Dict[str, Any] = {}
         for unit in analysis.units:
             # ops a PT2E capability did not list (add, cat) stay fp32 when FX stands in for it
-            entries, any_q = qconfig_entries(unit, lambda op: backend.make_qconfig(tune_cfg["ops"].get(op, {}), approach))
+            entries, any_q = qconfig_entries(
+                unit, lambda op: backend.make_qconfig(tune_cfg["ops"].get(op, {}), approach))
             if not any_q:
                 continue
             # example inputs only matter to prepare_fx for standalone modules; a unit's own are unknown
@@ -388,7 +389,8 @@ class PyTorchAdaptor(Adaptor):
             how = (f"{len(args)} positional" if args else "") + (" and " if args and kwargs else "") + (
                 f"keywords {', '.join(map(str, kwargs))}" if kwargs else "")
             if hasattr(exc, "add_note"):  # Python 3.11+: shown under the traceback, the message is unchanged
-                exc.add_note(f"ilit-pytorch called {type(model).__name__} with {how or 'no inputs'}; the batch's inputs "
+                exc.add_note(f"ilit-pytorch called {type(model).__name__} with {how or 'no inputs'}; "
+                             f"the batch's inputs "
                              f"were {describe_inputs(inputs)} (inputs contract: ilit-pytorch README, 'Inputs')")
             raise
 

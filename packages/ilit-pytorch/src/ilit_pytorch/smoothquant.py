@@ -174,5 +174,6 @@ def smooth(model: nn.Module, groups: Sequence[Group], absmax: Mapping[str, torch
                 if prod.bias is not None:  # type: ignore[union-attr]
                     prod.bias.div_(s)  # type: ignore[union-attr]
         done += len(linears)
-    log.info("pytorch adaptor: SmoothQuant alpha %.2f migrated %d Linear input(s) in %d group(s)", alpha, done, len(groups))
+    log.info("pytorch adaptor: SmoothQuant alpha %.2f migrated %d Linear input(s) in %d group(s)",
+             alpha, done, len(groups))
     return out
