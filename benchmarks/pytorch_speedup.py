@@ -240,12 +240,70 @@ def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]],
     return best, kept[0], kept[1]
 
 
+# ----------------------------------------------------------------------------- PT2E rows
+def pt2e_rows(runs: int) -> None:
+    """ResNet-18 at batch 16: FP32 eager and compiled, ilit FX, ilit on the PT2E backend and PT2E by hand
+    (torchao X86InductorQuantizer, torch.compile with freezing), interleaved; ratios to FP32 compiled."""
+    import torch._inductor.config as inductor_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    torch.set_num_threads(THREADS)
+    inductor_config.freezing = True
+    net = resnet18_with_bn_stats()
+    g = torch.Generator().manual_seed(1)
+    calib = [(torch.randn(8, 3, 224, 224, generator=g), None) for _ in range(4)]
+    x = torch.randn(16, 3, 224, 224, generator=g)
+    tmp = tempfile.mkdtemp(prefix="ilit-bench-pt2e-")
+    conf = tuner_config(os.path.join(tmp, "fx"), metric=False)
+    conf["calibration"]["iterations"] = [4]
+    conf["tuning"]["max_trials"] = 1
+    always = {"eval_func": lambda m: 1.0}  # speed only: the first config
+    models: Dict[str, Any] = {"fp32 eager": net, "fp32 compiled": torch.compile(copy.deepcopy(net))}
+    models["ilit fx"] = ilit.Tuner(conf).tune(net, q_dataloader=calib, **always)
+    os.environ["ILIT_PYTORCH_BACKEND"] = "pt2e"
+    try:
+        conf["tuning"]["workspace"]["path"] = os.path.join(tmp, "pt2e")
+        models["ilit pt2e"] = ilit.Tuner(conf).tune(net, q_dataloader=calib, **always)
+    finally:
+        del os.environ["ILIT_PYTORCH_BACKEND"]
+    exported = torch.export.export(copy.deepcopy(net), (calib[0][0],), strict=False).module()
+    prepared = prepare_pt2e(exported, X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+    with torch.no_grad():
+        for xb, _ in calib:
+            prepared(xb)
+    models["pt2e by hand"] = torch.compile(convert_pt2e(prepared))
+    times: Dict[str, List[float]] = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():  # warm-up (compiles)
+            m(x)
+            m(x)
+        names = list(models)
+        for r in range(runs):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                models[k](x)
+                times[k].append(time.perf_counter() - t0)
+    med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    load = os.getloadavg()
+    print(f"\nPT2E rows: ResNet-18 3x224x224 batch 16, {THREADS} threads, {runs} interleaved rounds, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for k, v in med.items():
+        print(f"  {k:<14}{v:>10.1f} ms  {med['fp32 compiled'] / v:>5.2f}x vs fp32 compiled  "
+              f"{med['pt2e by hand'] / v:>5.2f}x vs pt2e by hand")
+
+
 # ----------------------------------------------------------------------------- the run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-b1", type=int, default=42)
     parser.add_argument("--runs-b16", type=int, default=9)
+    parser.add_argument("--pt2e", action="store_true", help="only the PT2E rows (ResNet-18, batch 16, compiled)")
     args = parser.parse_args()
+    if args.pt2e:
+        pt2e_rows(args.runs_b16)
+        return
     torch.set_num_threads(THREADS)
     logging.getLogger("ilit").setLevel(logging.WARNING)
     logging.getLogger("ilit").addHandler(logging.NullHandler())
