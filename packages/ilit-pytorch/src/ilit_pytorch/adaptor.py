@@ -47,6 +47,11 @@ ACTIVATION_CAPABILITY = {
 }
 
 
+#: int8 weight-only embeddings: per-row (float scale and offset) asymmetric weights; the indices are not
+#: quantized, the activation entry only keeps the space's weight/activation pairing
+EMBEDDING_WEIGHT = {"dtype": ["int8", "fp32"], "scheme": ["asym"], "granularity": ["per_channel"],
+                    "algorithm": ["minmax"]}
+
 #: what X86InductorQuantizer can do per op (symmetric int8 weights, asymmetric uint8 activations)
 PT2E_CAPABILITY = {
     "weight": {"dtype": ["int8", "fp32"], "scheme": ["sym"], "granularity": ["per_channel", "per_tensor"],
@@ -169,6 +174,10 @@ class PyTorchAdaptor(Adaptor):
                 if op.weighted:
                     cap["weight"] = dict(WEIGHT_CAPABILITY)
                 ops[(op.name, op.op_type)] = cap
+        if approach != QAT and not self._pt2e(approach):
+            emb = {(name, type(m).__name__): {"weight": dict(EMBEDDING_WEIGHT), "activation": dict(act)}
+                   for name, m in model.named_modules() if type(m) in backend.EMBEDDINGS}
+            ops = {**emb, **ops}  # embeddings run first in a transformer
         result: Dict[str, Any] = {"approaches": list(backend.APPROACHES), "op_wise": ops}
         if approach != DYNAMIC and not self._pt2e(approach):
             # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
@@ -207,6 +216,27 @@ class PyTorchAdaptor(Adaptor):
     def quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],
                  q_func: Optional[Callable[[Any], Any]] = None) -> nn.Module:
         """A new INT8 model for ``tune_cfg``; ``model`` is never modified."""
+        q = self._quantize(tune_cfg, model, dataloader, q_func)
+        return self._embeddings(tune_cfg, q)
+
+    def _embeddings(self, tune_cfg: TuneCfg, q: nn.Module) -> nn.Module:
+        """Swap the embeddings the config quantizes for int8 weight-only ones (in the new model ``q``)."""
+        if isinstance(q, backend.PT2EModel):
+            return q
+        for name, op in tune_cfg["ops"].items():
+            if op.get("op_type") not in ("Embedding", "EmbeddingBag") or not is_quantized(op):
+                continue
+            try:
+                module = get_submodule(q, name)
+            except AttributeError:
+                continue
+            if type(module) in backend.EMBEDDINGS:
+                set_submodule(q, name, backend.quantize_embedding(module))
+                q._ilit_quantized = True
+        return q
+
+    def _quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],
+                  q_func: Optional[Callable[[Any], Any]] = None) -> nn.Module:
         self.quantize_calls += 1
         approach = tune_cfg["approach"]
         if approach == DYNAMIC:

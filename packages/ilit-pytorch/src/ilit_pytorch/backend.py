@@ -9,6 +9,7 @@ only sees GraphModules, observers and ``QConfig`` objects passed through.
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 import os
@@ -266,6 +267,26 @@ def convert(prepared: GraphModule) -> GraphModule:
                 n.type = None
         converted.recompile()
     return converted
+
+
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+
+
+def quantize_embedding(module: nn.Module) -> nn.Module:
+    """An int8 weight-only copy of an ``nn.Embedding``/``EmbeddingBag`` (per-row float scale and offset):
+    lookups return float rows, the table is stored in a quarter of the bytes."""
+    from torch.ao.nn.quantized import Embedding as QEmbedding, EmbeddingBag as QEmbeddingBag
+    from torch.ao.quantization import float_qparams_weight_only_qconfig
+
+    select_engine()
+    ctx = _quiet()
+    try:
+        work = copy.copy(module)  # from_float reads .qconfig: set it on a shallow copy, not the user's module
+        work.qconfig = float_qparams_weight_only_qconfig
+        cls = QEmbeddingBag if isinstance(module, nn.EmbeddingBag) else QEmbedding
+        return cls.from_float(work)
+    finally:
+        ctx.__exit__(None, None, None)
 
 
 def dynamic_quantize(model: nn.Module, qconfigs: Mapping[str, QConfig]) -> nn.Module:
