@@ -86,14 +86,14 @@ class Encoder(nn.Module):
         return self.head(self.norm(h).mean(1))
 
 
-def inject_outliers(model: nn.Module, seed: int = 0, channels: int = 3) -> nn.Module:
-    """Scale ``channels`` output channels of each block's LayerNorms by 20-100x; compensate in the readers."""
+def inject_outliers(model: nn.Module, seed: int = 0, channels: int = 3, low: float = 20, high: float = 100) -> nn.Module:
+    """Scale ``channels`` output channels of each block's LayerNorms by low-high x; compensate in the readers."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for b in model.blocks:
             for ln, readers in ((b.ln1, (b.q, b.k, b.v)), (b.ln2, (b.fc1,))):
                 idx = torch.randperm(ln.weight.numel(), generator=g)[:channels]
-                f = 20 + 80 * torch.rand(channels, generator=g)
+                f = low + (high - low) * torch.rand(channels, generator=g)
                 ln.weight[idx] *= f
                 ln.bias[idx] *= f
                 for lin in readers:
@@ -210,9 +210,10 @@ def accuracy(args: argparse.Namespace) -> None:
             opt.zero_grad()
             nn.functional.cross_entropy(model(xb), yb).backward()
             opt.step()
-    model = inject_outliers(model.eval())
+    model = inject_outliers(model.eval(), channels=args.channels, low=args.low, high=args.high)
     fp32 = _accuracy(model, test)
-    print(f"\noutlier transformer (digits, 2 pre-LN blocks, dim 64): FP32 top-1 {fp32:.4f}")
+    print(f"\noutlier transformer (digits, 2 pre-LN blocks, dim 64; {args.channels} channels per LayerNorm scaled "
+          f"{args.low:g}-{args.high:g}x): FP32 top-1 {fp32:.4f}")
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     alphas = smoothquant.ALPHAS
     for label, offered in (("static without SmoothQuant", ()), ("static with SmoothQuant (default)", alphas)):
@@ -246,6 +247,9 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--channels", type=int, default=3, help="outlier channels per LayerNorm")
+    p.add_argument("--low", type=float, default=20)
+    p.add_argument("--high", type=float, default=100)
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-accuracy", action="store_true")
     args = p.parse_args()
