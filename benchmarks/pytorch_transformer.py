@@ -86,7 +86,8 @@ class Encoder(nn.Module):
         return self.head(self.norm(h).mean(1))
 
 
-def inject_outliers(model: nn.Module, seed: int = 0, channels: int = 3, low: float = 20, high: float = 100) -> nn.Module:
+def inject_outliers(model: nn.Module, seed: int = 0, channels: int = 3, low: float = 20,
+                    high: float = 100) -> nn.Module:
     """Scale ``channels`` output channels of each block's LayerNorms by low-high x; compensate in the readers."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
