@@ -16,7 +16,6 @@ The recipe is recorded in the tune_cfg as ``{"recipes": {"smooth_quant": {"alpha
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -24,13 +23,15 @@ import torch
 from torch import nn
 from torch.fx import Node
 
+from ilit.logs import get_logger
+
 from .calibration import batch_inputs, call_model
 from .graph import Analysis, get_submodule, qualify
 from .modes import restored_modes
 
 __all__ = ["RECIPE", "ALPHAS", "Group", "find_groups", "smooth", "alpha_of", "input_absmax"]
 
-log = logging.getLogger("ilit")
+log = get_logger(__name__)
 
 RECIPE = "smooth_quant"
 #: the alphas offered in the capability (0.5 is the paper's default; 0.75 migrates more, for larger outliers)
