@@ -248,7 +248,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--channels", type=int, default=3, help="outlier channels per LayerNorm")
+    p.add_argument("--channels", type=int, default=8, help="outlier channels per LayerNorm (of 64)")
     p.add_argument("--low", type=float, default=20)
     p.add_argument("--high", type=float, default=100)
     p.add_argument("--skip-speed", action="store_true")
