@@ -341,3 +341,38 @@ def test_ilit_log_lines_are_not_repeated_by_a_root_handler_added_later(tmp_path)
     """)
     err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stderr
     assert err.count("FP32 baseline: accuracy") == 2, err
+
+
+class CountingStrategy(ilit.Strategy):
+    """Proposes the model-wise configs; its insights count what it has observed."""
+
+    def configs(self):
+        yield from self.space.model_wise_configs()
+
+    def observe(self, tune_cfg, result):
+        super().observe(tune_cfg, result)
+        self.insights["observed"] = len(self.results)
+
+
+def test_each_saved_history_holds_what_the_strategy_learned_from_its_last_trial(easy_toy, conf, monkeypatch):
+    from ilit import registry
+    from ilit.history import History
+
+    saved = []
+    original_save = History.save
+
+    def save(self, path):
+        saved.append((len(self.trials), dict(self.strategy_insights)))
+        original_save(self, path)
+
+    monkeypatch.setattr(History, "save", save)
+    original = registry.load
+    monkeypatch.setattr(registry, "load", lambda kind, name: CountingStrategy if kind == "strategy" else
+                        original(kind, name))
+    model, data = easy_toy
+    c = conf(tuning={"timeout": 600, "max_trials": 10},
+             calibration={"iterations": [1, 2, 3], "algorithm": {"activation": "minmax"}})
+    ilit.Tuner(c).tune(model, data, eval_dataloader=data)
+    after_trials = [(n, ins) for n, ins in saved if n > 0]
+    assert [n for n, _ in after_trials][:3] == [1, 2, 3]
+    assert all(ins.get("observed") == n for n, ins in after_trials), after_trials

@@ -152,11 +152,18 @@ class TuningRun:
 
     def run_batch(self, proposed: List[TuneCfg]) -> None:
         """Run a batch of independent configs and observe each, in order (the place to run them concurrently)."""
+        assert self.strategy is not None
         for cfg in proposed:
+            recorded = len(self.history.trials)
             result = self.consider(cfg)
-            assert self.strategy is not None
             self.strategy.observe(cfg, result)
-            if self.state.best is not None and self.t_cfg.timeout == 0 and result.meets:
+            if len(self.history.trials) == recorded:  # replayed from a record, or all-fp32: nothing new to save
+                continue
+            self.save_history()  # after observe, so the file holds what the strategy learned from this trial
+            repeated = self._repeated_error()
+            if repeated:
+                raise _Stop(f"the same error ended {REPEATED_ERRORS} trials in a row: {repeated}")
+            if self.t_cfg.timeout == 0 and result.meets:
                 raise _Stop("a config met the accuracy goal (timeout 0: stop at the first)")
 
     def consider(self, proposed: TuneCfg) -> TrialResult:
@@ -221,7 +228,7 @@ class TuningRun:
         return trial, q_model
 
     def record(self, trial: Trial, q_model: Any, source: str) -> None:
-        """Append a trial to the history, keep it if it is the best so far, save, log; stop on a repeated error."""
+        """Append a trial to the history, log it, and keep it (saved to the workspace) if it is the best so far."""
         h, st = self.history, self.state
         h.trials.append(trial)
         self._log_trial(trial, source)
@@ -230,10 +237,6 @@ class TuningRun:
             h.best = trial.trial
             if q_model is not None:
                 self.workspace.save_best(self.adaptor.save, q_model)
-        self.save_history()
-        repeated = self._repeated_error()
-        if repeated:
-            raise _Stop(f"the same error ended {REPEATED_ERRORS} trials in a row: {repeated}")
 
     def finish(self) -> Any:
         """Log the summary and return the best model (rebuilt if it came from a resumed history), or None."""
