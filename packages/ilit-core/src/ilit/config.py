@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
@@ -171,6 +173,12 @@ SECTIONS = ("framework", "device", "calibration", "quantization", "tuning")
 _MAX_NODES = 100_000  # a config is a few hundred values; more is a mistake (or a YAML alias bomb)
 _MAX_DEPTH = 40
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds below 2**32
+_MAX_INT = 2**53  # integers above this are not exact as floats; no config value needs one
+#: a YAML config file larger than this is refused before parsing (a config is a few kB; tuning.ops for
+#: thousands of ops stays well under it)
+MAX_CONFIG_BYTES = 1 << 20
+_MAX_SCALAR = 4096  # characters of one YAML scalar (a path is at most 4096 bytes on Linux)
+_MAX_INT_DIGITS = 40
 
 
 def _mapping(value: Any, path: str) -> Mapping[str, Any]:
@@ -203,16 +211,62 @@ def plain_data(value: Any, path: str = "") -> Any:
         if depth > _MAX_DEPTH:
             raise ConfigError(where, f"nested more than {_MAX_DEPTH} levels deep; is it the right file?")
         if isinstance(v, Mapping):
-            return {str(k): walk(x, f"{where}.{k}" if where else str(k), depth + 1) for k, x in v.items()}
-        if isinstance(v, (list, tuple, set, frozenset)):
+            out: dict = {}
+            for k, x in v.items():
+                key = _key(k, where)
+                here = f"{where}.{key}" if where else key
+                if key in out:
+                    raise ConfigError(here, f"given twice (as {_short(k)} and as another key that reads the same); "
+                                      "write each key once")
+                out[key] = walk(x, here, depth + 1)
+            return out
+        if isinstance(v, (set, frozenset)):
+            raise ConfigError(where, f"a set ({_short(v)}) has no order, so the search would depend on the Python hash "
+                              "seed; write a list")
+        if isinstance(v, (list, tuple)):
             return [walk(x, where, depth + 1) for x in v]
-        if v is None or isinstance(v, (bool, int, str)):
-            return v
+        v = _scalar(v, where)
         if isinstance(v, float):
             return v if math.isfinite(v) else str(v)
-        return str(v)
+        return v
 
     return walk(value, path, 0)
+
+
+def _scalar(v: Any, where: str) -> Any:
+    """A plain ``None``/bool/int/float/str for one config value: numpy and torch scalars (and 0-d arrays)
+    become Python numbers, bytes are decoded as UTF-8, other objects become their text."""
+    if v is None or type(v) in (bool, int, float, str):
+        return v
+    for base in (bool, int, float, str):  # subclasses (numpy's float64, str_; an IntEnum) as the plain type
+        if isinstance(v, base):
+            return base(v)
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(where, f"{_short(v)} is bytes that are not UTF-8 text; give a str") from None
+    item = getattr(v, "item", None)
+    if callable(item) and tuple(getattr(v, "shape", (None,))) == ():  # numpy scalar, 0-d array or tensor
+        try:
+            got = item()
+        except Exception:  # noqa: BLE001 - an object whose item() is not numpy's
+            got = None
+        if got is None or isinstance(got, (bool, int, float, str)):
+            return got
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    return str(v)
+
+
+def _key(k: Any, where: str) -> str:
+    """A mapping key as text (YAML reads ``1:`` as an int); only scalars can be keys."""
+    k = _scalar(k, where) if not isinstance(k, (list, tuple, dict, set, frozenset)) else k
+    if not isinstance(k, (str, int, float, bool)) and k is not None:
+        raise ConfigError(where, f"a key must be a name, got {type(k).__name__} {_short(k)}")
+    return str(k)
 
 
 def _check_keys(d: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
@@ -249,6 +303,9 @@ def _names(value: Any, path: str) -> Optional[Tuple[str, ...]]:
 def _number(value: Any, path: str, *, minimum: float = 0.0, integer: bool = False,
             maximum: Optional[float] = None) -> Any:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    # an int too large for a float (10**400) has no finite float value: math.isfinite would overflow
+    if ok and isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
+        raise ConfigError(path, f"{_short(value, 40)} is too large (at most {_MAX_INT:.3g})")
     if (isinstance(value, bool) or not ok or not math.isfinite(value) or value < minimum
             or (maximum is not None and value > maximum)):
         kind = "an integer" if integer else "a finite number"
@@ -428,11 +485,8 @@ def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config
     path = os.fsdecode(source)
     if not os.path.exists(path):
         raise ConfigError("", f"config file {path!r} does not exist; pass a YAML path or a dict")
-    if not os.path.isfile(path):
-        raise ConfigError("", f"config path {path!r} is not a file; pass the YAML file itself")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = _read_yaml(path)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -441,8 +495,8 @@ def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError("", f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                              "is it a YAML file?") from None
+        raise ConfigError("", f"{path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "is it a YAML file?") from None
     except OSError as exc:
         raise ConfigError("", f"cannot read config file {path!r}: {exc.strerror or exc}") from None
     except RecursionError:
@@ -451,3 +505,78 @@ def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config
         raise ConfigError("", f"config file {path!r} is empty; start from ilit's template.yaml "
                           "(framework, quantization and tuning sections)")
     return parse_config(data)
+
+
+def _read_yaml(path: str) -> Any:
+    """The YAML document in ``path``, with its size and the parser's work bounded before anything is built.
+
+    Only a regular file of at most :data:`MAX_CONFIG_BYTES` is read (a FIFO or ``/dev/zero`` is refused at
+    once). The document is composed into nodes first and checked (node count, scalar length, integer digits,
+    duplicate keys at any depth, sets); only then are Python objects built, with ``yaml.SafeLoader``.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError("", f"config path {path!r} is not a file (a directory, FIFO or device); pass the YAML file itself")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"config file {path!r} is {st.st_size} bytes; a config is a few kB and ilit reads at "
+                          f"most {MAX_CONFIG_BYTES} bytes: is it the right file?")
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:  # the file grew since stat
+        raise ConfigError("", f"config file {path!r} is over {MAX_CONFIG_BYTES} bytes: is it the right file?")
+    loader = yaml.SafeLoader(raw.decode("utf-8"))
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+_INT_TAG, _SET_TAG, _MERGE_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:set", "tag:yaml.org,2002:merge"
+
+
+def _check_nodes(root: yaml.Node) -> None:
+    """Refuse a composed YAML document that is too large, holds huge scalars, repeats a key or holds a set.
+
+    The walk is iterative and visits each node once (an alias is a second reference to a node, not a copy),
+    so its work is bounded by the node count however the document nests or aliases.
+    """
+    seen: set = set()
+    stack = [(root, "")]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if len(seen) > _MAX_NODES:
+            raise ConfigError("", f"the config is too large (over {_MAX_NODES} values); is it the right file?")
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _INT_TAG and len(node.value) > _MAX_INT_DIGITS:
+                raise ConfigError(where, f"an integer of {len(node.value)} digits is far too large for any setting")
+            if len(node.value) > _MAX_SCALAR:
+                raise ConfigError(where, f"a value of {len(node.value)} characters (at most {_MAX_SCALAR}); "
+                                  "is it the right file?")
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, where) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            if node.tag == _SET_TAG:
+                raise ConfigError(where, "a set (!!set) has no order, so the search would depend on the Python "
+                                  "hash seed; write a list")
+            first: dict = {}
+            for key, value in node.value:
+                if key.tag == _MERGE_TAG:  # "<<: *anchor" merges are meant to be overridden
+                    stack.append((value, where))
+                    continue
+                name = key.value if isinstance(key, yaml.ScalarNode) else None
+                here = f"{where}.{name}" if where and name is not None else (name or where)
+                if name is not None:
+                    if (key.tag, name) in first:
+                        raise ConfigError(here, f"the key {name!r} is given twice (line {first[(key.tag, name)]} and "
+                                          f"line {key.start_mark.line + 1}); the second would silently replace the "
+                                          "first: write it once")
+                    first[(key.tag, name)] = key.start_mark.line + 1
+                stack.append((key, where))
+                stack.append((value, here))
