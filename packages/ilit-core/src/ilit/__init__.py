@@ -7,7 +7,7 @@ The core holds the user API (:class:`Tuner`), the extension API (:class:`Adaptor
 from .adaptor import Adaptor, to_numpy
 from .config import Config, load_config
 from .errors import (ConfigError, ModelFileError, PluginLoadError, PluginNotFoundError, RepeatedTrialError,
-                     ResumeError)
+                     ResumeError, WorkspaceBusyError)
 from .history import History, Trial
 from .loading import load
 from .metric import Metric, PostprocessedMetric
@@ -31,6 +31,7 @@ __all__ = [
     "ResumeError",
     "ModelFileError",
     "RepeatedTrialError",
+    "WorkspaceBusyError",
     "Adaptor",
     "Strategy",
     "StrategyContext",

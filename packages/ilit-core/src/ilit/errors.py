@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
+
 __all__ = ["ConfigError", "PluginNotFoundError", "PluginLoadError", "ResumeError", "ModelFileError",
-           "RepeatedTrialError"]
+           "RepeatedTrialError", "WorkspaceBusyError"]
 
 
 class ConfigError(ValueError):
@@ -49,3 +51,26 @@ class RepeatedTrialError(RuntimeError):
 
     The history holds the failed trials; fix the cause (often the data or ``eval_func``) and run again.
     """
+
+
+class WorkspaceBusyError(RuntimeError):
+    """Another tuning run holds the workspace (see :mod:`ilit.lock`); nothing was written to it.
+
+    ``workspace`` is the directory; ``holder`` what the other run recorded about itself (pid, host, started,
+    command), or None if it could not be read.
+    """
+
+    def __init__(self, workspace: str, holder: "Optional[Dict[str, Any]]", message: str = "") -> None:
+        self.workspace = workspace
+        self.holder = holder
+        if not message:
+            who = "another ilit run"
+            if holder:
+                from .text import printable
+
+                who = (f"another ilit run (pid {printable(holder.get('pid'), 20)} on "
+                       f"{printable(holder.get('host'), 80)}, started {printable(holder.get('started'), 40)}: "
+                       f"{printable(holder.get('command'), 200)})")
+            message = (f"workspace {workspace!r} is in use by {who}; wait for it to finish, or give this run "
+                       "another tuning.workspace.path")
+        super().__init__(message)

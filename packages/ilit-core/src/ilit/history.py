@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .errors import ResumeError
 from .tune_cfg import TuneCfg, cfg_fingerprint
 from .version import __version__
 from .workspace import TMP_HISTORY_PREFIX, TMP_HISTORY_SUFFIX
 
-__all__ = ["Trial", "History", "write_json_atomic"]
+if TYPE_CHECKING:
+    from .config import AccuracyCriterion
+
+__all__ = ["Trial", "History", "write_json_atomic", "current_umask"]
 
 FORMAT = 1
 
@@ -78,27 +82,62 @@ class History:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "History":
-        """Read a history.json, refusing anything that is not exactly what ilit writes (it never unpickles)."""
+    def load(cls, path: Union[str, "os.PathLike[str]"], criterion: Optional["AccuracyCriterion"] = None) -> "History":
+        """Read a history.json, refusing anything that is not exactly what ilit writes (it never unpickles).
+
+        Each trial's ``meets`` is re-derived with ``criterion`` (the running config's; by default the one in
+        the file's recorded config) and a record that contradicts itself is a :class:`ResumeError`.
+        """
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(_MAX_BYTES + 1)
-        except FileNotFoundError:
-            raise ResumeError(f"resume_file {path!r} does not exist; pass the history.json of an earlier run") from None
-        except OSError as exc:
-            raise ResumeError(f"cannot read resume_file {path!r}: {exc.strerror or exc}") from None
-        if len(raw) > _MAX_BYTES:
-            raise ResumeError(f"resume_file {path!r} is over {_MAX_BYTES >> 20} MB, far more than any ilit history")
+        raw = _read_regular(path)
         if raw[:1] == b"\x80" or raw[:2] in (b"PK", b"\x1f\x8b"):
             raise ResumeError(f"resume_file {path!r} is a binary file (a pickle or an archive?), not a history.json; "
                               "ilit never unpickles: pass the JSON file an earlier ilit run wrote in its workspace")
         try:
-            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ResumeError(f"resume_file {path!r} is not a valid history.json ({exc}); "
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ResumeError(f"resume_file {path!r} is not a valid history.json ({reason}); "
                               "it must be the JSON file an earlier ilit run wrote in its workspace") from None
-        return cls(**_checked(data, path))
+        history = cls(**_checked(data, path))
+        history.check_verdicts(path, criterion)
+        return history
+
+    def check_verdicts(self, path: str, criterion: Optional["AccuracyCriterion"] = None) -> None:
+        """Re-derive each trial's ``meets`` from its accuracy, the baseline and the recorded config's criterion;
+        a record that contradicts itself (``meets: true`` below the goal, a best trial that does not meet it)
+        was edited or damaged and is refused."""
+        from .config import parse_config  # the config module imports nothing from here; kept local all the same
+        from .errors import ConfigError
+
+        if (self.baseline_accuracy is None) != (self.baseline_objective is None) or (
+                self.trials and self.baseline_accuracy is None):
+            raise ResumeError(f"resume_file {path!r}: baseline_accuracy is {self.baseline_accuracy!r} and "
+                              f"baseline_objective is {self.baseline_objective!r}; a history with trials records both "
+                              "(the file was edited or damaged): start without resume_file")
+        if criterion is None:
+            try:
+                criterion = parse_config(self.config).tuning.accuracy_criterion
+            except ConfigError as exc:
+                raise ResumeError(f"resume_file {path!r}: its recorded config is not valid ({exc})") from None
+        for i, t in enumerate(self.trials):
+            should = (t.error is None and self.baseline_accuracy is not None and not math.isnan(t.accuracy)
+                      and criterion.met(t.accuracy, float(self.baseline_accuracy), self.metric_higher_is_better))
+            if t.meets != should:
+                raise ResumeError(f"resume_file {path!r}: trials[{i}] says meets={t.meets} but its accuracy "
+                                  f"{t.accuracy!r} against the baseline {self.baseline_accuracy!r} "
+                                  f"({criterion.describe()}) {'meets' if should else 'does not meet'} the goal; the "
+                                  "file was edited or damaged, so it cannot be trusted for resume")
+            if t.meets and math.isnan(t.objective):
+                raise ResumeError(f"resume_file {path!r}: trials[{i}] meets the goal but has no objective value; "
+                                  "the file was edited or damaged")
+        if self.best is not None:
+            best = self.trial(self.best)
+            if best is None or not best.meets:
+                raise ResumeError(f"resume_file {path!r}: best is trial {self.best}, which "
+                                  f"{'does not exist' if best is None else 'does not meet the goal'}; "
+                                  "the file was edited or damaged")
+
 
     def check_resumable(self, fresh: "History", path: str) -> None:
         """Raise :class:`ResumeError` unless this (loaded) history can continue the run ``fresh`` describes."""
@@ -138,6 +177,43 @@ _OPTIONAL = {"strategy_insights", "stop_reason", "run", "ratio", "spread", "reli
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not strict JSON (ilit writes NaN as null)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf: ilit never writes one
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _read_regular(path: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``_MAX_BYTES``, checked before reading.
+
+    It is opened non-blocking (a FIFO would otherwise block ``open`` forever) and its type and size are
+    taken from the open file, so ``/dev/zero`` or a pipe is refused without reading a byte.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise ResumeError(f"resume_file {path!r} does not exist; pass the history.json of an earlier run") from None
+    except OSError as exc:
+        raise ResumeError(f"cannot read resume_file {path!r}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ResumeError(f"resume_file {path!r} is not a regular file (a FIFO, a device or a directory?); "
+                              "pass the history.json an earlier ilit run wrote in its workspace")
+        if st.st_size > _MAX_BYTES:
+            raise ResumeError(f"resume_file {path!r} is {st.st_size} bytes, over {_MAX_BYTES >> 20} MB, far more than "
+                              "any ilit history")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(_MAX_BYTES + 1)
+    if len(raw) > _MAX_BYTES:  # it grew since fstat
+        raise ResumeError(f"resume_file {path!r} is over {_MAX_BYTES >> 20} MB, far more than any ilit history")
+    return raw
 
 
 def _check_fields(d: Any, schema: Dict[str, Any], where: str, path: str) -> None:
@@ -204,14 +280,30 @@ def write_json_atomic(path: str, data: Any) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_HISTORY_PREFIX, suffix=TMP_HISTORY_SUFFIX, dir=directory)
+    # the pid in the name tells prepare_workspace whose file it is: it tidies only those of dead processes
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_HISTORY_PREFIX}{os.getpid()}-", suffix=TMP_HISTORY_SUFFIX, dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600; the user's umask decides, as for open()
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back (not thread-safe, but only where /proc is missing)
+    os.umask(mask)
+    return mask

@@ -21,7 +21,7 @@ __all__ = ["Workspace", "prepare_workspace", "save_atomic", "HISTORY_FILE", "BES
 
 HISTORY_FILE = "history.json"
 BEST_MODEL_DIR = "best_model"
-#: a history being written: ``.history-<random>.tmp`` beside the final file
+#: a history being written: ``.history-<pid>-<random>.tmp`` beside the final file
 TMP_HISTORY_PREFIX, TMP_HISTORY_SUFFIX = ".history-", ".tmp"
 #: a model being saved (``.ilit-new-<name>-<pid>``) and the one it replaces, moved aside (``.ilit-old-...``)
 _NEW, _OLD = ".ilit-new-", ".ilit-old-"
@@ -68,15 +68,23 @@ def prepare_workspace(path: str) -> None:
         raise ConfigError("tuning.workspace.path", f"cannot write to {path!r} ({exc.strerror or exc}); "
                           "choose a directory you can write to") from None
     for stale in glob.glob(os.path.join(path, f"{TMP_HISTORY_PREFIX}*{TMP_HISTORY_SUFFIX}")):
-        _remove(stale)
+        if not _owner_alive(os.path.basename(stale)[len(TMP_HISTORY_PREFIX):].split("-", 1)[0]):
+            _remove(stale)
     for old in glob.glob(os.path.join(path, f"{_OLD}*")):
-        final = os.path.join(path, os.path.basename(old)[len(_OLD):].rsplit("-", 1)[0])
-        if not os.path.exists(final):
-            os.replace(old, final)  # the swap was interrupted after moving the old model aside
-        else:
-            _remove(old)
+        name, _, pid = os.path.basename(old)[len(_OLD):].rpartition("-")
+        if _owner_alive(pid):  # another live process is mid-swap (without the lock): not ours to touch
+            continue
+        final = os.path.join(path, name)
+        try:
+            if not os.path.lexists(final):
+                os.replace(old, final)  # the swap was interrupted after moving the old model aside
+            else:
+                _remove(old)
+        except FileNotFoundError:  # gone meanwhile
+            pass
     for new in glob.glob(os.path.join(path, f"{_NEW}*")):
-        _remove(new)
+        if not _owner_alive(new.rpartition("-")[2]):
+            _remove(new)
 
 
 def save_atomic(save: Callable[[Any, str], None], model: Any, path: str) -> None:
@@ -97,8 +105,35 @@ def save_atomic(save: Callable[[Any, str], None], model: Any, path: str) -> None
     _remove(old)
 
 
+def _owner_alive(pid_text: str) -> bool:
+    """Whether the process whose pid a leftover's name carries still runs (this one included: another thread
+    may be mid-write). Only leftovers of dead processes are tidied; a live process's files are its business.
+    """
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False  # no pid in the name: an old leftover
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    except OSError:
+        return False
+    return True
+
+
 def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.unlink(path)
+    """Remove a file or directory tree; one that vanished meanwhile (another process tidied it) is fine."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
