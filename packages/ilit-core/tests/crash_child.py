@@ -8,6 +8,7 @@ sleeps until it is killed. Points: ``eval`` (inside an evaluation; the first is 
 history file), ``history-rename`` (temporary history complete, not yet renamed over history.json),
 ``model-write`` (halfway through saving a new best model) and ``model-swap`` (the old best model moved
 aside, the new one not yet in place). Without a pause it prints ``RESULT {json}`` at the end.
+The objective is ``$ILIT_CRASH_OBJECTIVE`` (default ``modelsize``).
 """
 
 import json
@@ -22,6 +23,7 @@ import ilit_toy
 from ilit_toy import ToyAdaptor
 
 workspace, strategy, pause = sys.argv[1:4]
+objective = os.environ.get("ILIT_CRASH_OBJECTIVE", "modelsize")
 resume_file = sys.argv[4] if len(sys.argv) > 4 else None
 point, _, nth = pause.partition(":")
 counts = {}
@@ -100,7 +102,7 @@ conf = {
     "calibration": {"iterations": [2], "algorithm": {"activation": "minmax"}},
     "quantization": {"weight": {"granularity": ["per_channel", "per_tensor"], "scheme": "sym"},
                      "activation": {"dtype": "uint8", "scheme": "asym"}},
-    "tuning": {"strategy": strategy, "accuracy_criterion": {"relative": 0.02}, "objective": "modelsize",
+    "tuning": {"strategy": strategy, "accuracy_criterion": {"relative": 0.02}, "objective": objective,
                "timeout": 3600, "max_trials": 12, "random_seed": 7, "workspace": {"path": workspace}},
 }
 tuner = ilit.Tuner(conf)
@@ -109,5 +111,6 @@ print("RESULT " + json.dumps({
     "evaluations": evaluations,
     "trials": [[t.fingerprint, None if t.accuracy != t.accuracy else t.accuracy] for t in tuner.history.trials],
     "best": tuner.best_trial.tune_cfg if tuner.best_trial else None,
+    "meeting": [t.tune_cfg for t in tuner.history.trials if t.meets],
     "quantized": q is not None,
 }), flush=True)

@@ -15,15 +15,17 @@ import pytest
 
 import ilit
 from ilit.history import History
+from ilit.lock import LOCK_FILE
 from ilit_toy import ToyAdaptor
 
 CHILD = os.path.join(os.path.dirname(__file__), "crash_child.py")
 
 
-def run(workspace, strategy, pause="none", resume_file=None, timeout=120):
+def run(workspace, strategy, pause="none", resume_file=None, timeout=120, objective="modelsize"):
     """Run the child; with a pause, SIGKILL it once it reports the point reached. Returns its RESULT or None."""
     cmd = [sys.executable, CHILD, str(workspace), strategy, pause] + ([resume_file] if resume_file else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = {**os.environ, "ILIT_CRASH_OBJECTIVE": objective}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         for line in proc.stdout:
             if line.startswith("PAUSED"):
@@ -104,6 +106,42 @@ def test_sigkill_then_resume(reference, tmp_path, strategy, point, kept):
     assert resumed["trials"] == ref["trials"] and resumed["best"] == ref["best"]
     baseline_again = 0 if had_history else 1
     assert resumed["evaluations"] == len(ref["trials"]) - kept + baseline_again  # no finished trial re-run
-    leftovers = [p.name for p in ws.iterdir() if p.name not in ("history.json", "best_model")]
-    assert leftovers == []
+    # the workspace lock file stays (empty once released: deleting it would race with a run opening it)
+    leftovers = [p.name for p in ws.iterdir() if p.name not in ("history.json", "best_model", LOCK_FILE)]
+    assert leftovers == [] and (ws / LOCK_FILE).read_text() == ""
+    ToyAdaptor(ilit.load_config({"framework": {"name": "toy"}})).load(str(ws / "best_model"))
+
+
+OBJECTIVE_CASES = [("bayesian", "eval:6", 4), ("bayesian", "history-rename:9", 7), ("basic", "model-write:1", 3)]
+
+
+@pytest.fixture(scope="module")
+def references_by_objective(tmp_path_factory):
+    """The uninterrupted run of each strategy under each timing objective, run once when first needed."""
+    root, done = tmp_path_factory.mktemp("reference-objectives"), {}
+
+    def get(strategy, objective):
+        if (strategy, objective) not in done:
+            done[strategy, objective] = run(root / f"{strategy}-{objective}", strategy, objective=objective)
+        return done[strategy, objective]
+    return get
+
+
+@pytest.mark.parametrize("objective", ["performance", "footprint"])
+@pytest.mark.parametrize("strategy, point, kept", OBJECTIVE_CASES, ids=[f"{s}-{p}" for s, p, _ in OBJECTIVE_CASES])
+def test_sigkill_then_resume_under_every_objective(references_by_objective, tmp_path, objective, strategy, point,
+                                                   kept):
+    """Timing objectives measure differently in each process, so resume must not depend on their values: the
+    trials (configs and accuracies) are those of the uninterrupted run, none re-run, and the best is a meeting
+    trial. (modelsize, deterministic, is held to the same best as well, in test_sigkill_then_resume.)"""
+    ref = references_by_objective(strategy, objective)
+    ws = tmp_path / "ws"
+    assert run(ws, strategy, point, objective=objective) is None
+    history = History.load(str(ws / "history.json"))
+    assert [[t.fingerprint, t.accuracy] for t in history.trials] == ref["trials"][:kept]
+    resumed = run(ws, strategy, resume_file=str(ws / "history.json"), objective=objective)
+    assert resumed["trials"] == ref["trials"]
+    assert resumed["evaluations"] == len(ref["trials"]) - kept
+    assert resumed["best"] is not None and resumed["best"] in resumed["meeting"]
+    assert resumed["meeting"] == ref["meeting"]
     ToyAdaptor(ilit.load_config({"framework": {"name": "toy"}})).load(str(ws / "best_model"))

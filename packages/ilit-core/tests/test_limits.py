@@ -8,6 +8,7 @@ import pytest
 import ilit
 from ilit_toy import accuracy
 import ilit.run
+from ilit.lock import LOCK_FILE
 
 TRIAL_SECONDS = 10.0
 
@@ -98,6 +99,6 @@ def test_leftovers_of_a_killed_run_are_tidied(easy_toy, conf, tmp_path):
     tuner = ilit.Tuner(wide(conf, max_trials=1, workspace={"path": str(ws)}))
     tuner.tune(model, data, eval_func=lambda m: accuracy(m, data))
     names = sorted(p.name for p in ws.iterdir())
-    assert names == ["best_model", "history.json"]
+    assert names == [LOCK_FILE, "best_model", "history.json"]
     with open(ws / "best_model" / "model.json") as f:
         assert len(json.load(f)) == len(model.layers)  # the new best model replaced the restored one

@@ -17,7 +17,8 @@ __all__ = ["as_score", "build_metric", "Evaluator"]
 
 def as_score(value: Any, source: str) -> float:
     """``value`` as a finite float accuracy; anything else (NaN, a string, None, a bool) is a ValueError."""
-    if isinstance(value, (str, bytes, bool, np.bool_)) or not hasattr(value, "__float__"):
+    if (isinstance(value, (str, bytes, bool, np.bool_)) or not hasattr(value, "__float__")
+            or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")):  # a 0-d bool array or tensor too
         raise ValueError(f"{source} returned {value!r} ({type(value).__name__}); it must return a number "
                          "(the accuracy, higher is better)")
     try:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from .errors import ResumeError
+from .text import printable
 from .tune_cfg import TuneCfg, cfg_fingerprint
 from .version import __version__
 from .workspace import TMP_HISTORY_PREFIX, TMP_HISTORY_SUFFIX
@@ -244,7 +245,7 @@ def _checked(data: Any, path: str) -> Dict[str, Any]:
                           "pass the history.json an earlier ilit run wrote in its workspace")
     if data["format"] != FORMAT:
         raise ResumeError(f"resume_file {path!r} is history format {data['format']!r} (written by ilit "
-                          f"{data.get('ilit_version', '?')}); this ilit {__version__} reads format {FORMAT}: "
+                          f"{printable(data.get('ilit_version', '?'), 40)}); this ilit {__version__} reads format {FORMAT}: "
                           "start without resume_file, or resume with the ilit version that wrote it")
     _check_fields(data, _TOP, "the file", path)
     trials = []

@@ -27,6 +27,7 @@ from .history import History, Trial
 from .objective import Objective
 from .space import TuningSpace
 from .strategy import Strategy, StrategyContext, TrialResult
+from .text import printable
 from .tune_cfg import TuneCfg, cfg_fingerprint, describe, quantized_ops
 from .version import __version__
 from .workspace import Workspace
@@ -86,7 +87,7 @@ class TuningRun:
             self.state.done = {t.fingerprint: t for t in resumed.trials}
             self.history.baseline_accuracy = resumed.baseline_accuracy
             self.history.baseline_objective = resumed.baseline_objective
-            log.info("resuming from %s: %d trials already done", resume_file, len(self.state.done))
+            log.info("resuming from %s: %d trials already done", printable(resume_file), len(self.state.done))
         self.t0 = _now()
         self.strategy: Optional[Strategy] = None
         self.history.run = run_facts(adaptor, data.model)
@@ -141,7 +142,7 @@ class TuningRun:
             self.save_history()  # every finished trial is kept; the one interrupted is not
             log.warning("interrupted after %d trials; the history is saved. Continue with tune(..., resume_file=%r)%s",
                         len(self.history.trials), self.workspace.history_path,
-                        f"; best model so far: {self.workspace.best_model_dir}"
+                        f"; best model so far: {printable(self.workspace.best_model_dir)}"
                         if self.state.best and self.workspace.has_best() else "")
             raise
         finally:
@@ -211,7 +212,8 @@ class TuningRun:
                                                         self.data.timing_inputs)
         except Exception as exc:  # noqa: BLE001 - one bad config must not end hours of tuning
             error = f"{type(exc).__name__}: {exc}"
-            log.warning("trial %d failed and is skipped: %s", number, error, exc_info=log.isEnabledFor(logging.DEBUG))
+            log.warning("trial %d failed and is skipped: %s", number, printable(error),
+                        exc_info=log.isEnabledFor(logging.DEBUG))
             q_model = None
         tend = _now()
         self.progress.end_trial(tend - tq)
@@ -286,7 +288,8 @@ class TuningRun:
             return fn()
         except Exception as exc:  # without a baseline there is no goal: stop at once, with the user's own error
             shown = f"; the batch's inputs: {describe_inputs(inputs)}" if inputs is not None else ""
-            log.error("tuning stops before any trial: %s failed: %s: %s%s", what, type(exc).__name__, exc, shown)
+            log.error("tuning stops before any trial: %s failed: %s: %s%s", what, type(exc).__name__, printable(exc),
+                      printable(shown))
             if hasattr(exc, "add_note"):
                 exc.add_note(f"ilit: this happened while {what}{shown}")
             raise
@@ -328,14 +331,15 @@ class TuningRun:
         crit, base = self.t_cfg.accuracy_criterion, self.baseline_accuracy
         ok = [t for t in self.history.trials if not t.error and not math.isnan(t.accuracy)]
         if not ok:
-            log.warning("no config was tried (%s); history: %s", self.state.stop_reason, self.workspace.history_path)
+            log.warning("no config was tried (%s); history: %s", self.state.stop_reason,
+                        printable(self.workspace.history_path))
             return
         closest = (max if self.higher_is_better else min)(ok, key=lambda t: t.accuracy)
         log.warning("no config met the accuracy goal (%s, i.e. accuracy %s %.4f). Closest: trial %d with "
                     "accuracy %.4f (%s). Loosen tuning.accuracy_criterion, raise max_trials/timeout, or "
                     "force sensitive ops to fp32 in tuning.ops. History: %s", crit.describe(),
                     ">=" if self.higher_is_better else "<=", crit.threshold(base, self.higher_is_better),
-                    closest.trial, closest.accuracy, describe(closest.tune_cfg), self.workspace.history_path)
+                    closest.trial, closest.accuracy, describe(closest.tune_cfg), printable(self.workspace.history_path))
 
     def _warn_if_not_better(self, best: Trial) -> None:
         """A returned model no better than FP32 on the objective is said so, loudly."""

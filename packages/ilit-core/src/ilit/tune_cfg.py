@@ -33,6 +33,8 @@ import hashlib
 import json
 from typing import Any, Dict, List, Mapping, Tuple
 
+from .text import printable
+
 __all__ = [
     "STATIC",
     "DYNAMIC",
@@ -126,6 +128,8 @@ def describe(tune_cfg: Mapping[str, Any], max_names: int = 4) -> str:
     for name, params in sorted((tune_cfg.get("recipes") or {}).items()):
         text += f" {name}(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
     if fb:
-        names = ", ".join(fb[:max_names]) + (f", +{len(fb) - max_names} more" if len(fb) > max_names else "")
+        # op names come from the model (or a resume file): escaped, so a name cannot forge log lines or table rows
+        names = ", ".join(printable(n, 120) for n in fb[:max_names]) + (
+            f", +{len(fb) - max_names} more" if len(fb) > max_names else "")
         text += f" fp32 fallback={len(fb)} ({names})"
     return text

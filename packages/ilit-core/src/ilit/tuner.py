@@ -64,25 +64,26 @@ class Tuner:
         # every check on the arguments, the workspace and the resume file runs before any calibration
         check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func, postprocess)
         workspace = Workspace(cfg.tuning.workspace_path)
-        workspace.prepare()
-        resumed = History.load(resume_file) if resume_file else None
-        adaptor = adaptor_class(cfg.framework.name, model)(cfg)
-        strategy_cls = self._strategy_cls
-        strategy_cls.check(adaptor)
-        objective: Objective = self._objective_cls()
-        data = RunData(model=model, q_dataloader=q_dataloader, q_func=q_func,
-                       timing_inputs=first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader),
-                       calib_inputs=first_inputs(q_dataloader))
-        self.run = run = TuningRun(cfg, adaptor, strategy_cls, objective,
-                                   Evaluator(adaptor, eval_func, eval_dataloader, cfg.tuning.metric, postprocess),
-                                   workspace, data, resumed, resume_file)
-        run.check_inputs()
-        run.baseline()
-        run.search()
-        try:
-            return run.finish()
-        finally:
-            _log_summary(self.summary())
+        with workspace.lock():  # one run per workspace, held until the best model and history are written
+            workspace.prepare()
+            resumed = History.load(resume_file, cfg.tuning.accuracy_criterion) if resume_file else None
+            adaptor = adaptor_class(cfg.framework.name, model)(cfg)
+            strategy_cls = self._strategy_cls
+            strategy_cls.check(adaptor)
+            objective: Objective = self._objective_cls()
+            data = RunData(model=model, q_dataloader=q_dataloader, q_func=q_func,
+                           timing_inputs=first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader),
+                           calib_inputs=first_inputs(q_dataloader))
+            self.run = run = TuningRun(cfg, adaptor, strategy_cls, objective,
+                                       Evaluator(adaptor, eval_func, eval_dataloader, cfg.tuning.metric, postprocess),
+                                       workspace, data, resumed, resume_file)
+            run.check_inputs()
+            run.baseline()
+            run.search()
+            try:
+                return run.finish()
+            finally:
+                _log_summary(self.summary())
 
     # ------------------------------------------------------------------ what the last run left
     @property

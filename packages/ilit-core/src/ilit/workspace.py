@@ -15,6 +15,7 @@ import tempfile
 from typing import Any, Callable, Union
 
 from .errors import ConfigError
+from .lock import WorkspaceLock
 
 __all__ = ["Workspace", "prepare_workspace", "save_atomic", "HISTORY_FILE", "BEST_MODEL_DIR",
            "TMP_HISTORY_PREFIX", "TMP_HISTORY_SUFFIX"]
@@ -40,6 +41,16 @@ class Workspace:
     @property
     def best_model_dir(self) -> str:
         return os.path.join(self.path, BEST_MODEL_DIR)
+
+    def lock(self) -> WorkspaceLock:
+        """Create the directory and lock it for this run (:class:`ilit.WorkspaceBusyError` if another run holds it);
+        use as ``with workspace.lock(): ...``."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("tuning.workspace.path", f"cannot create {self.path!r} ({exc.strerror or exc}); "
+                              "choose a directory you can write to") from None
+        return WorkspaceLock(self.path).acquire()
 
     def prepare(self) -> None:
         """Create the directory, prove it writable and tidy what a killed run left (see :func:`prepare_workspace`)."""
