@@ -48,7 +48,7 @@ class Workspace:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
-            raise ConfigError("tuning.workspace.path", f"cannot create {self.path!r} ({exc.strerror or exc}); "
+            raise ConfigError("tuning.workspace.path", f"cannot write to {self.path!r} ({exc.strerror or exc}); "
                               "choose a directory you can write to") from None
         return WorkspaceLock(self.path).acquire()
 
