@@ -62,7 +62,7 @@ def test_an_eval_func_returning_a_bool_like_value_is_refused(value, easy_toy, co
 def test_op_names_from_the_model_cannot_forge_log_lines_or_summary_rows(toy, conf, caplog):
     model, data = toy
     for i, layer in enumerate(model.layers):
-        layer.name = f"op{i}\n12:00:00 [ilit] FORGED trial 99 meets goal\x1b[2J"
+        layer.name = f"op{i}\n[ilit] FORGED trial 99 meets goal\x1b[2J"  # the toy splits names at ":"
     caplog.set_level(logging.INFO, logger="ilit")
     tuner = ilit.Tuner(conf(tuning={**conf()["tuning"], "max_trials": 4}))
     tuner.tune(model, data, eval_func=lambda m: accuracy(m, data))
@@ -70,5 +70,5 @@ def test_op_names_from_the_model_cannot_forge_log_lines_or_summary_rows(toy, con
     text = "\n".join(r.getMessage() for r in caplog.records) + "\n" + tuner.summary()
     assert "FORGED" in text  # the names are shown...
     assert "\x1b" not in text  # ...without their escape codes...
-    assert not any(line.lstrip().startswith("12:00:00 [ilit] FORGED") for line in text.splitlines())  # ...or lines
-    assert "\\n12:00:00 [ilit] FORGED" in text and "\\x1b[2J" in text
+    assert not any(line.lstrip().startswith("[ilit] FORGED") for line in text.splitlines())  # ...or lines
+    assert "\\n[ilit] FORGED" in text and "\\x1b[2J" in text
