@@ -112,7 +112,7 @@ def test_sigkill_then_resume(reference, tmp_path, strategy, point, kept):
     ToyAdaptor(ilit.load_config({"framework": {"name": "toy"}})).load(str(ws / "best_model"))
 
 
-OBJECTIVE_CASES = [("bayesian", "eval:6", 4), ("bayesian", "history-rename:9", 7), ("basic", "model-write:1", 3)]
+OBJECTIVE_CASES = [("bayesian", "eval:6", 4), ("bayesian", "history-rename:9", 7), ("basic", "eval:6", 4)]
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,6 @@ def test_a_deeply_nested_resume_file_is_a_resume_error(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
 def test_history_and_best_model_files_follow_the_umask(umask, easy_toy, conf, tmp_path):
-    from ilit_toy import accuracy
 
     model, data = easy_toy
     old = os.umask(umask)

@@ -516,7 +516,8 @@ def _read_yaml(path: str) -> Any:
     """
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError("", f"config path {path!r} is not a file (a directory, FIFO or device); pass the YAML file itself")
+        raise ConfigError("", f"config path {path!r} is not a file (a directory, FIFO or device); "
+                          "pass the YAML file itself")
     if st.st_size > MAX_CONFIG_BYTES:
         raise ConfigError("", f"config file {path!r} is {st.st_size} bytes; a config is a few kB and ilit reads at "
                           f"most {MAX_CONFIG_BYTES} bytes: is it the right file?")

@@ -245,7 +245,8 @@ def _checked(data: Any, path: str) -> Dict[str, Any]:
                           "pass the history.json an earlier ilit run wrote in its workspace")
     if data["format"] != FORMAT:
         raise ResumeError(f"resume_file {path!r} is history format {data['format']!r} (written by ilit "
-                          f"{printable(data.get('ilit_version', '?'), 40)}); this ilit {__version__} reads format {FORMAT}: "
+                          f"{printable(data.get('ilit_version', '?'), 40)}); "
+                          f"this ilit {__version__} reads format {FORMAT}: "
                           "start without resume_file, or resume with the ilit version that wrote it")
     _check_fields(data, _TOP, "the file", path)
     trials = []
