@@ -72,3 +72,34 @@ def test_op_names_from_the_model_cannot_forge_log_lines_or_summary_rows(toy, con
     assert "\x1b" not in text  # ...without their escape codes...
     assert not any(line.lstrip().startswith("[ilit] FORGED") for line in text.splitlines())  # ...or lines
     assert "\\n[ilit] FORGED" in text and "\\x1b[2J" in text
+
+
+def test_a_ctrl_c_that_library_code_swallows_still_stops_the_run_and_keeps_the_history(toy, conf, monkeypatch):
+    """The issue's torch lazy-import case, simulated: SIGINT arrives inside the adaptor and the library turns the
+    KeyboardInterrupt into an AttributeError. Without the watch that trial was recorded as failed and tuning
+    went on; now the run stops with KeyboardInterrupt and the trials before it are saved."""
+    import os
+    import signal
+
+    from ilit_toy import ToyAdaptor
+
+    model, data = toy
+    real, calls = ToyAdaptor.quantize, []
+
+    def quantize(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a syscall, so the handler runs here
+            except BaseException:  # noqa: BLE001 - what a careless library does
+                raise AttributeError("module 'sympy' has no attribute 'core'") from None
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(ToyAdaptor, "quantize", quantize)
+    tuner = ilit.Tuner(conf(tuning={**conf()["tuning"], "timeout": 3600, "max_trials": 8}))
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune(model, data, eval_dataloader=data)
+    assert len(calls) == 3 and len(tuner.history.trials) == 2
+    with open(tuner.history_path) as f:
+        assert len(__import__("json").load(f)["trials"]) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the watch is gone after the run

@@ -3,6 +3,7 @@ user's FP32 model left exactly as it was, and failing user code with the real ad
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from typing import Any, Dict
@@ -231,6 +232,43 @@ def test_a_damaged_saved_model_gets_a_clear_error(saved_dir, tmp_path, case):
         make_adaptor().load(str(model_dir))
     assert "is not a model ilit saved" in str(err.value) and says in str(err.value)
     assert target in str(err.value) and "Traceback" not in str(err.value)
+
+
+def _with_custom_op(saved_dir) -> bytes:
+    """The saved graph with its first operator node turned into a ``Custom`` op naming a registered Python op."""
+    doc = json.loads((saved_dir / "model-symbol.json").read_text())
+    node = next(n for n in doc["nodes"] if n["op"] != "null")
+    node["op"] = "Custom"
+    node.setdefault("attrs", {})["op_type"] = "ilit_test_probe"
+    return json.dumps(doc).encode()
+
+
+def test_a_custom_python_operator_in_a_saved_model_is_refused_before_mxnet_reads_it(saved_dir, tmp_path,
+                                                                                   monkeypatch):
+    calls = []
+
+    @mx.operator.register("ilit_test_probe")
+    class _ProbeProp(mx.operator.CustomOpProp):  # what a process may have registered: Python run by the graph
+        def __init__(self):
+            calls.append("prop")
+            super().__init__(need_top_grad=False)
+
+    model_dir = tmp_path / "m"
+    _copy(saved_dir, model_dir)
+    (model_dir / "model-symbol.json").write_bytes(_with_custom_op(saved_dir))
+    parsed = []
+    monkeypatch.setattr(mx.sym, "load_json", lambda text: parsed.append(text))
+    with pytest.raises(ModelFileError, match="call Python code \\(Custom\\)"):
+        make_adaptor().load(str(model_dir))
+    assert parsed == [] and calls == []
+
+
+def test_deeply_nested_saved_json_is_a_model_file_error(saved_dir, tmp_path):
+    model_dir = tmp_path / "m"
+    _copy(saved_dir, model_dir)
+    (model_dir / "ilit_mxnet.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        make_adaptor().load(str(model_dir))
 
 
 def test_loading_a_good_saved_model_unpickles_nothing(saved_dir, module_model, evalset, monkeypatch):

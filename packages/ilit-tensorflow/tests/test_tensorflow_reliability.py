@@ -223,6 +223,28 @@ def test_load_refuses_files_ilit_did_not_save_and_runs_no_code(case, saved_fp32,
     assert not marker.exists()
 
 
+def test_a_custom_op_is_refused_before_any_interpreter_is_built(saved_fp32, tmp_path, monkeypatch):
+    """TensorFlow's interpreter links the Flex delegate: a FlexWriteFile op must never reach one."""
+    import ilit_tensorflow.model as tfl_model
+
+    content, meta = saved_fp32
+    (tmp_path / "model.tflite").write_bytes(_custom_op_model(content))
+    (tmp_path / "ilit_tensorflow.json").write_text(meta)
+    built = []
+    monkeypatch.setattr(tfl_model, "interpreter_class", lambda: (lambda **k: built.append(k)))
+    with pytest.raises(InvalidModelFileError, match="custom or unknown ops"):
+        TensorFlowAdaptor(make_config()).load(str(tmp_path))
+    assert built == []
+
+
+def test_deeply_nested_metadata_is_a_model_file_error(saved_fp32, tmp_path):
+    content, _meta = saved_fp32
+    (tmp_path / "model.tflite").write_bytes(content)
+    (tmp_path / "ilit_tensorflow.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidModelFileError, match="nested too deeply"):
+        TensorFlowAdaptor(make_config()).load(str(tmp_path))
+
+
 def test_load_still_reads_what_save_wrote(saved_fp32, keras_model, test_loader, tmp_path):
     content, meta = saved_fp32
     (tmp_path / "model.tflite").write_bytes(content)

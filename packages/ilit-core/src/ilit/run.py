@@ -24,6 +24,7 @@ from .config import Config
 from .errors import RepeatedTrialError
 from .evaluation import Evaluator
 from .history import History, Trial
+from .interrupts import raise_if_interrupted
 from .objective import Objective
 from .space import TuningSpace
 from .strategy import Strategy, StrategyContext, TrialResult
@@ -211,6 +212,7 @@ class TuningRun:
                     comparison = self.objective.compare(q_model, self.data.model, self.adaptor,
                                                         self.data.timing_inputs)
         except Exception as exc:  # noqa: BLE001 - one bad config must not end hours of tuning
+            raise_if_interrupted(exc)  # a Ctrl-C that library code turned into another error
             error = f"{type(exc).__name__}: {exc}"
             log.warning("trial %d failed and is skipped: %s", number, printable(error),
                         exc_info=log.isEnabledFor(logging.DEBUG))
@@ -287,6 +289,7 @@ class TuningRun:
         try:
             return fn()
         except Exception as exc:  # without a baseline there is no goal: stop at once, with the user's own error
+            raise_if_interrupted(exc)
             shown = f"; the batch's inputs: {describe_inputs(inputs)}" if inputs is not None else ""
             log.error("tuning stops before any trial: %s failed: %s: %s%s", what, type(exc).__name__, printable(exc),
                       printable(shown))

@@ -12,6 +12,7 @@ from .config import Config, load_config
 from .detect import adaptor_class
 from .evaluation import Evaluator, build_metric
 from .history import History, Trial
+from .interrupts import watch_interrupts
 from .logs import ensure_log_output
 from .objective import Objective
 from .run import RunData, TuningRun
@@ -64,7 +65,8 @@ class Tuner:
         # every check on the arguments, the workspace and the resume file runs before any calibration
         check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func, postprocess)
         workspace = Workspace(cfg.tuning.workspace_path)
-        with workspace.lock():  # one run per workspace, held until the best model and history are written
+        # one run per workspace, held until the best model and history are written; Ctrl-C always stops it
+        with workspace.lock(), watch_interrupts():
             workspace.prepare()
             resumed = History.load(resume_file, cfg.tuning.accuracy_criterion) if resume_file else None
             adaptor = adaptor_class(cfg.framework.name, model)(cfg)

@@ -122,8 +122,8 @@ class MXNetAdaptor(Adaptor):
             return to_symbol_model(model)
         if isinstance(model, mx.mod.Module):
             return SymbolModel.from_module(model)
-        if isinstance(model, (str, os.PathLike)):
-            return SymbolModel.load(os.fspath(model))
+        if isinstance(model, (str, os.PathLike)):  # your own checkpoint: its custom operators are yours
+            return SymbolModel.load(os.fspath(model), allow_custom_ops=True)
         if _is_symbol_tuple(model):
             return SymbolModel(model[0], model[1], model[2])
         if isinstance(model, mx.gluon.Block):

@@ -23,6 +23,9 @@ __all__ = ["SymbolModel", "ModelFileError", "to_symbol_model", "as_nd_inputs", "
 META_FILE = "ilit_mxnet.json"
 META_FORMAT = 1
 PREFIX = "model"
+#: operators that run Python callbacks registered in the process; never in a graph ilit writes
+PYTHON_OPS = frozenset({"Custom", "_Native", "_NDArray", "_CustomFunction"})
+MAX_JSON_BYTES = 256 << 20
 _NDARRAY_MAGIC = 0x112  # the first little-endian uint64 of MXNet's NDArray list file (kMXAPINDArrayListMagic)
 
 
@@ -75,14 +78,19 @@ def _mx_reason(exc: BaseException) -> str:
 
 
 def _read_text_json(file: str, what: str) -> Tuple[str, Any]:
+    size = os.path.getsize(file)
+    if size > MAX_JSON_BYTES:  # checked before reading: a graph's JSON is kilobytes to a few MB
+        raise ModelFileError(file, f"it should be {what} but is {size} bytes (at most {MAX_JSON_BYTES >> 20} MiB)")
     with open(file, "rb") as f:
-        raw = f.read()
+        raw = f.read(MAX_JSON_BYTES + 1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ModelFileError(file, f"it should be {what} (UTF-8 JSON text) but is binary (a pickle?)") from None
     try:
         return text, json.loads(text)
+    except RecursionError:
+        raise ModelFileError(file, f"it should be {what} but is JSON nested too deeply") from None
     except ValueError as exc:
         raise ModelFileError(file, f"it should be {what} but is not valid JSON ({exc})") from None
 
@@ -100,11 +108,20 @@ def _read_meta(file: str) -> Dict[str, Any]:
     return doc
 
 
-def _read_symbol(file: str) -> mx.sym.Symbol:
-    """The graph, checked as JSON in Python before MXNet's C++ parser sees it."""
+def _read_symbol(file: str, allow_custom_ops: bool = False) -> mx.sym.Symbol:
+    """The graph, checked as JSON in Python before MXNet's C++ parser sees it.
+
+    Operators that call Python (``Custom``, registered with ``mx.operator.register`` in this process, and the
+    legacy ``_Native``/``_NDArray`` callbacks) are refused unless ``allow_custom_ops``: ilit never writes them,
+    and a saved model from elsewhere could otherwise pick any custom operator your process has registered.
+    """
     text, doc = _read_text_json(file, "an MXNet symbol")
     if not (isinstance(doc, dict) and isinstance(doc.get("nodes"), list) and isinstance(doc.get("heads"), list)):
         raise ModelFileError(file, "it is JSON but not an MXNet symbol (an object with \"nodes\" and \"heads\")")
+    custom = sorted({str(n.get("op")) for n in doc["nodes"] if isinstance(n, dict) and n.get("op") in PYTHON_OPS})
+    if custom and not allow_custom_ops:
+        raise ModelFileError(file, f"it uses operators that call Python code ({', '.join(custom)}), which ilit never "
+                             "writes")
     try:
         return mx.sym.load_json(text)
     except mx.base.MXNetError as exc:
@@ -187,13 +204,14 @@ class SymbolModel:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, path: str, params: Optional[str] = None, epoch: int = 0,
-             data_names: Optional[Sequence[str]] = None) -> "SymbolModel":
+             data_names: Optional[Sequence[str]] = None, allow_custom_ops: bool = False) -> "SymbolModel":
         """Load ``path-symbol.json`` + ``path-%04d.params`` (a checkpoint prefix), a ``.json`` path plus
         ``params``, or a directory written by :meth:`save_dir`.
 
         Only MXNet's own formats (symbol JSON, the NDArray ``.params`` format) and ilit's JSON metadata are
         read, so a file from someone else never runs code (nothing is unpickled). A file that is not what it
-        should be raises :class:`ModelFileError` naming it, not MXNet's C++ error.
+        should be raises :class:`ModelFileError` naming it, not MXNet's C++ error. A graph with operators that
+        call Python (``Custom``) is refused unless ``allow_custom_ops`` (tune sets it for your own checkpoint).
         """
         sym_file, params_file, meta_file = checkpoint_files(os.fspath(path), params, epoch)
         for f in (sym_file, params_file, meta_file):
@@ -203,7 +221,7 @@ class SymbolModel:
                                         f"and PREFIX-{epoch:04d}.params) or the .json and .params paths")
         meta: Dict[str, Any] = _read_meta(meta_file) if meta_file else {}
         data_names = data_names or meta.get("data_names")
-        symbol = _read_symbol(sym_file)
+        symbol = _read_symbol(sym_file, allow_custom_ops)
         arg, aux = _read_params(params_file, symbol)
         try:
             model = cls(symbol, arg, aux, data_names=data_names, meta=meta.get("meta"))

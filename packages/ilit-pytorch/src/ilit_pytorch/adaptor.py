@@ -11,6 +11,7 @@ from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List
 import numpy as np
 
 from ilit import Adaptor, calibration_key
+from ilit.interrupts import raise_if_interrupted
 from ilit.tune_cfg import TuneCfg, is_quantized
 from ilit.logs import get_logger
 from ilit.batches import batch_inputs, selected_batches
@@ -264,6 +265,7 @@ class PyTorchAdaptor(Adaptor):
                 call_model(q, self._example)
             return q
         except Exception as exc:  # noqa: BLE001 - the split model does not run: quantize its Linears dynamically
+            raise_if_interrupted(exc)
             log.warning("pytorch adaptor: the partly FX-quantized %s fails to run (%s: %s); falling back to "
                         "dynamic quantization of its Linear layers", type(model).__name__, type(exc).__name__, exc)
             return self._dynamic(tune_cfg, model, linear_only=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+from ilit.interrupts import raise_if_interrupted
 from torch import nn
 from torch.fx import GraphModule, Node
 
@@ -217,6 +218,7 @@ def analyze(model: nn.Module, is_qat: bool) -> Analysis:
     try:
         return Analysis([_unit("", model, False, is_qat)], traceable=True)
     except Exception as exc:  # noqa: BLE001 - any tracer failure means "split the model"
+        raise_if_interrupted(exc)  # a Ctrl-C during torch's lazy imports can surface as another error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.info("pytorch adaptor: %s is not FX-traceable as a whole (%s: %s); quantizing its traceable "
                  "submodules with FX instead", type(model).__name__, type(exc).__name__, reason[:200])
@@ -233,7 +235,8 @@ def analyze(model: nn.Module, is_qat: bool) -> Analysis:
                 continue
             try:
                 unit = _unit(name, child, False, is_qat)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
+                raise_if_interrupted(exc)
                 untraced.append(name)
                 visit(child, name)
                 continue

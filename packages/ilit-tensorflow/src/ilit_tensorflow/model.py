@@ -15,6 +15,8 @@ from .flatbuffer import OpInfo, op_list
 
 MODEL_FILE = "model.tflite"
 META_FILE = "ilit_tensorflow.json"
+MAX_MODEL_BYTES = (2 << 30) - 1  # flatbuffers address at most 2 GiB
+MAX_META_BYTES = 16 << 20
 
 
 def default_threads() -> int:
@@ -60,10 +62,14 @@ class InvalidModelFileError(ilit.ModelFileError):
 
 def _read_meta(file: str) -> Dict[str, Any]:
     """The op names, tune_cfg and input names :meth:`TFLiteModel.save` wrote, checked to be JSON of that shape."""
+    if os.path.getsize(file) > MAX_META_BYTES:
+        raise InvalidModelFileError(file, f"it is over {MAX_META_BYTES >> 20} MiB, far more than ilit writes")
     with open(file, "rb") as f:
-        raw = f.read()
+        raw = f.read(MAX_META_BYTES + 1)
     try:
         meta = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise InvalidModelFileError(file, "it is JSON nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidModelFileError(file, f"it is not JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict):
@@ -93,17 +99,19 @@ def _checked_interpreter(file: str, model: "TFLiteModel") -> Any:
     if len(content) < 8 or content[4:8] != b"TFL3":
         raise InvalidModelFileError(file, f"it is not a TFLite flatbuffer (bytes 4-8 are {content[4:8]!r}, "
                                     "not the b'TFL3' file identifier)")
-    try:  # LiteRT verifies the whole flatbuffer (offsets, sizes) before building anything from it
-        interp = interpreter_class()(model_content=content, num_threads=model.num_threads)
-    except (ValueError, RuntimeError) as exc:
-        raise InvalidModelFileError(file, f"LiteRT refuses it: {exc}") from None
+    # custom ops first, before any interpreter exists: TensorFlow's interpreter links the Flex delegate, whose
+    # ops (FlexWriteFile, ...) are TensorFlow kernels that read and write files. Our parser is pure Python.
     try:
         ops = model.ops
-    except Exception as exc:  # noqa: BLE001 - a verified flatbuffer our parser still cannot read
+    except Exception as exc:  # noqa: BLE001 - a damaged flatbuffer: refused either way
         raise InvalidModelFileError(file, f"its operators cannot be read ({type(exc).__name__}: {exc})") from None
     custom = sorted({op.type for op in ops if op.type == "CUSTOM" or op.type.isdigit()})
     if custom:
         raise InvalidModelFileError(file, f"it has custom or unknown ops ({custom}), which ilit never writes")
+    try:  # LiteRT verifies the whole flatbuffer (offsets, sizes) before building anything from it
+        interp = interpreter_class()(model_content=content, num_threads=model.num_threads)
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidModelFileError(file, f"LiteRT refuses it: {exc}") from None
     return interp
 
 
@@ -252,8 +260,11 @@ class TFLiteModel:
         if not os.path.isfile(file):
             raise FileNotFoundError(f"no {MODEL_FILE} in {os.fspath(path)!r}; expected a directory written by the "
                                     "TensorFlow adaptor's save, or a .tflite file")
+        size = os.path.getsize(file)
+        if size > MAX_MODEL_BYTES:  # a flatbuffer cannot exceed 2 GiB: refused before reading it
+            raise InvalidModelFileError(file, f"it is {size} bytes, more than a TFLite flatbuffer can be (2 GiB)")
         with open(file, "rb") as f:
-            content = f.read()
+            content = f.read(MAX_MODEL_BYTES + 1)
         meta_file = os.path.join(os.path.dirname(file), META_FILE)
         meta = _read_meta(meta_file) if os.path.isfile(meta_file) else {}
         model = cls(content, op_index=meta.get("op_index"), tune_cfg=meta.get("tune_cfg"), num_threads=num_threads,
