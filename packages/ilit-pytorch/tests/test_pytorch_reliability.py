@@ -396,6 +396,32 @@ def test_a_torchscript_module_without_framework_name_is_explained_without_loadin
     assert "tensorflow" not in sys.modules and "mxnet" not in sys.modules
 
 
+def test_ctrl_c_during_the_analysis_reaches_the_tuner(trained_cnn, digits, tmp_path, monkeypatch):
+    """The issue's case: SIGINT inside torch's lazy imports during FX tracing came back as an AttributeError
+    (a half-initialised sympy / torch._dynamo), which the analysis took for "not traceable". Now the run stops
+    with KeyboardInterrupt, whatever error the interrupted import left behind."""
+    import signal
+
+    import ilit_pytorch.graph as graph
+
+    real, calls = graph._unit, []
+
+    def unit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.pthread_sigmask(signal.SIG_BLOCK, [])  # a syscall, so the handler runs here
+            except KeyboardInterrupt:  # what an interrupted lazy import left behind
+                raise AttributeError("module 'torch._dynamo' has no attribute 'config'") from None
+        return real(*args, **kwargs)
+    monkeypatch.setattr(graph, "_unit", unit)
+    tuner = ilit.Tuner(_conf(tmp_path, metric={"topk": 1}))
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune(trained_cnn, q_dataloader=digits[0], eval_dataloader=digits[1])
+    assert len(calls) == 1  # not retried unit by unit as a model FX cannot trace
+
+
 # ------------------------------------------------------------------ 5. the adaptor contract kit
 def numpy_snapshot(model):
     """``snapshot`` as numpy and plain values, the form ilit.testing compares."""
