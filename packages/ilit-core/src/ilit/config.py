@@ -34,14 +34,12 @@ __all__ = [
     "SCHEMES",
     "GRANULARITIES",
     "DTYPES",
-    "OBJECTIVES_BUILTIN",
 ]
 
 ALGORITHMS = ("minmax", "kl", "percentile")
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("per_channel", "per_tensor")
 DTYPES = ("int8", "uint8", "fp32")
-OBJECTIVES_BUILTIN = ("performance", "footprint", "modelsize")
 DEVICES = ("cpu",)
 
 _ALLOWED = {"dtype": DTYPES, "scheme": SCHEMES, "granularity": GRANULARITIES, "algorithm": ALGORITHMS}
@@ -377,37 +375,48 @@ def _op_override(value: Any, path: str) -> OpOverride:
 
 
 def parse_config(data: Mapping[str, Any]) -> Config:
-    """Validate an already-loaded YAML mapping into a :class:`Config`."""
+    """Validate an already-loaded YAML mapping into a :class:`Config`, section by section."""
     data = _mapping(data, "")
     data = plain_data(data)
     _check_keys(data, "", SECTIONS)
+    framework = _framework(data.get("framework"))
+    device = data.get("device", "cpu")
+    if device not in DEVICES:
+        raise ConfigError("device", f"only {list(DEVICES)} is supported, got {_short(device)}")
+    calibration = _calibration(data.get("calibration"))
+    return Config(framework=framework, device=device, calibration=calibration,
+                  quantization=_quantization(data.get("quantization"), calibration),
+                  tuning=_tuning(data.get("tuning")), raw=dict(data))
 
-    fw = _mapping(data.get("framework"), "framework")
+
+def _framework(value: Any) -> FrameworkConfig:
+    fw = _mapping(value, "framework")
     _check_keys(fw, "framework", ("name", "inputs", "outputs"))
     name = fw.get("name")
     if name is not None and not isinstance(name, str):
         raise ConfigError("framework.name", f"expected an adaptor name such as 'pytorch', got {_short(name)}")
-    framework = FrameworkConfig(
+    return FrameworkConfig(
         name=name.lower() if name else None,
         inputs=_names(fw.get("inputs"), "framework.inputs"),
         outputs=_names(fw.get("outputs"), "framework.outputs"),
     )
 
-    device = data.get("device", "cpu")
-    if device not in DEVICES:
-        raise ConfigError("device", f"only {list(DEVICES)} is supported, got {_short(device)}")
 
-    cal = _mapping(data.get("calibration"), "calibration")
+def _calibration(value: Any) -> CalibrationConfig:
+    cal = _mapping(value, "calibration")
     _check_keys(cal, "calibration", ("iterations", "algorithm"))
     algo = _mapping(cal.get("algorithm"), "calibration.algorithm")
     _check_keys(algo, "calibration.algorithm", ("weight", "activation"))
-    calibration = CalibrationConfig(
+    return CalibrationConfig(
         iterations=_iterations(cal.get("iterations", [10]), "calibration.iterations"),
         weight_algorithm=_choices(algo.get("weight"), "calibration.algorithm.weight", ALGORITHMS),
         activation_algorithm=_choices(algo.get("activation"), "calibration.algorithm.activation", ALGORITHMS),
     )
 
-    q = _mapping(data.get("quantization"), "quantization")
+
+def _quantization(value: Any, calibration: CalibrationConfig) -> QuantizationConfig:
+    """The quantization section, with the calibration algorithms merged in and the conflicts between them refused."""
+    q = _mapping(value, "quantization")
     _check_keys(q, "quantization", ("approach", "weight", "activation"))
     approach = q.get("approach", STATIC)
     if approach not in APPROACHES:
@@ -433,42 +442,49 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         where = "quantization.weight.dtype" if weight.dtype == ("fp32",) else "quantization.activation.dtype"
         raise ConfigError(where, "fp32 alone for every op leaves nothing to quantize; allow int8/uint8, and keep "
                           "single ops in fp32 with tuning.ops.<op>.weight.dtype: fp32")
-    quantization = QuantizationConfig(approach=approach, weight=weight, activation=act)
+    return QuantizationConfig(approach=approach, weight=weight, activation=act)
 
-    t = _mapping(data.get("tuning"), "tuning")
-    _check_keys(t, "tuning", ("strategy", "metric", "accuracy_criterion", "objective", "timeout",
-                              "max_trials", "random_seed", "ops", "workspace"))
-    strategy = t.get("strategy", "basic")
-    if isinstance(strategy, Mapping) and set(strategy) == {"name"}:
-        strategy = strategy["name"]
-    if not isinstance(strategy, str):
-        raise ConfigError("tuning.strategy", f"expected a strategy name such as 'basic', got {_short(strategy)}")
-    objective = t.get("objective", "performance")
-    if not isinstance(objective, str):
-        raise ConfigError("tuning.objective",
-                          f"expected one of {list(OBJECTIVES_BUILTIN)} or a plugin name, got {_short(objective)}")
-    ws = _mapping(t.get("workspace"), "tuning.workspace")
+
+def _plugin_name(t: Mapping[str, Any], key: str, default: str, example: str) -> str:
+    name = t.get(key, default)
+    if key == "strategy" and isinstance(name, Mapping) and set(name) == {"name"}:
+        name = name["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"tuning.{key}", f"expected a {key} name (a plugin) such as {example!r}, "
+                          f"got {_short(name)}")
+    return name.lower()
+
+
+def _workspace_path(value: Any) -> str:
+    ws = _mapping(value, "tuning.workspace")
     _check_keys(ws, "tuning.workspace", ("path",))
     ws_path = ws.get("path", "./ilit_workspace")
     if not isinstance(ws_path, str):
         raise ConfigError("tuning.workspace.path", f"expected a directory path, got {_short(ws_path)}")
     if not ws_path.strip() or "\0" in ws_path:
         raise ConfigError("tuning.workspace.path", f"expected a directory path, got {ws_path!r}")
+    return ws_path
+
+
+def _tuning(value: Any) -> TuningConfig:
+    t = _mapping(value, "tuning")
+    _check_keys(t, "tuning", ("strategy", "metric", "accuracy_criterion", "objective", "timeout",
+                              "max_trials", "random_seed", "ops", "workspace"))
+    strategy = _plugin_name(t, "strategy", "basic", "basic")
+    objective = _plugin_name(t, "objective", "performance", "performance")
+    workspace_path = _workspace_path(t.get("workspace"))
     ops_raw = _mapping(t.get("ops"), "tuning.ops")
-    seed = t.get("random_seed", 1978)
-    tuning = TuningConfig(
-        strategy=strategy.lower(),
+    return TuningConfig(
+        strategy=strategy,
         metric=_metric(t.get("metric"), "tuning.metric"),
         accuracy_criterion=_criterion(t.get("accuracy_criterion"), "tuning.accuracy_criterion"),
-        objective=objective.lower(),
+        objective=objective,
         timeout=float(_number(t.get("timeout", 0), "tuning.timeout")),
         max_trials=int(_number(t.get("max_trials", 100), "tuning.max_trials", minimum=1, integer=True)),
-        random_seed=int(_number(seed, "tuning.random_seed", integer=True, maximum=SEED_MAX)),
+        random_seed=int(_number(t.get("random_seed", 1978), "tuning.random_seed", integer=True, maximum=SEED_MAX)),
         ops={str(k): _op_override(v, f"tuning.ops.{k}") for k, v in ops_raw.items()},
-        workspace_path=ws_path,
+        workspace_path=workspace_path,
     )
-    return Config(framework=framework, device=device, calibration=calibration,
-                  quantization=quantization, tuning=tuning, raw=dict(data))
 
 
 def load_config(source: Union[str, "os.PathLike[str]", Mapping[str, Any], Config]) -> Config:
