@@ -1,4 +1,5 @@
 import copy
+import signal
 from typing import Any, Dict
 
 import pytest
@@ -43,3 +44,15 @@ def conf(tmp_path):
         return base
 
     return make
+
+
+@pytest.fixture
+def alarm():
+    """Fail (instead of hanging the suite) if the code under test blocks for 20 s."""
+    def hung(*_):
+        raise TimeoutError("blocked: the file was opened or read instead of refused")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

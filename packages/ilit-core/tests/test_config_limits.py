@@ -2,7 +2,6 @@
 or were silently changed (huge numbers, duplicate keys, colliding keys, sets, bytes, numpy scalars)."""
 
 import os
-import signal
 
 import numpy as np
 import pytest
@@ -28,18 +27,6 @@ def parser_calls(monkeypatch):
     monkeypatch.setattr(yaml.SafeLoader, "construct_document",
                         lambda self, node: (calls.append("construct"), construct(self, node))[1])
     return calls
-
-
-@pytest.fixture
-def alarm():
-    """Fail (instead of hanging the suite) if the code under test blocks for 20 s."""
-    def hung(*_):
-        raise TimeoutError("blocked: the file was opened or read instead of refused")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def test_an_oversized_config_file_is_refused_by_size_before_parsing(tmp_path, parser_calls):

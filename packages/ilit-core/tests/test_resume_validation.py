@@ -3,7 +3,6 @@ missing baselines refused before any work, special files refused without reading
 
 import json
 import os
-import signal
 import stat
 
 import pytest
@@ -101,16 +100,6 @@ def test_a_missing_baseline_is_a_resume_error_before_any_work(keys, good_history
         History.load(path)
     _tune_refuses(toy, conf, tmp_path, path, "baseline")
 
-
-@pytest.fixture
-def alarm():
-    def hung(*_):
-        raise TimeoutError("blocked: the file was opened or read instead of refused")
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
