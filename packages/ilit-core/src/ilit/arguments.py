@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Optional
 
-from .batches import batch_inputs
 from .config import Config
 from .errors import ConfigError
 from .tune_cfg import QAT, STATIC
 
-__all__ = ["check_arguments", "check_loader", "first_inputs", "describe_inputs"]
+__all__ = ["check_arguments", "check_loader", "describe_inputs"]
 
 
 def check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader: Any, eval_func: Any,
                     postprocess: Any = None) -> None:
-    """Refuse bad arguments to ``tune`` before any work, each with what to pass instead."""
+    """Refuse bad arguments to ``tune`` before any work, each with what to pass instead (the loaders themselves
+    are checked by :func:`check_loader`, which also gives their first batch)."""
     if eval_func is None and eval_dataloader is None:
         raise ValueError("tune() needs eval_dataloader (with tuning.metric in the config) or eval_func(model) -> float")
     if eval_func is not None and eval_dataloader is not None:
@@ -38,9 +38,6 @@ def check_arguments(cfg: Config, q_dataloader: Any, q_func: Any, eval_dataloader
     if cfg.quantization.approach == QAT and q_func is None:
         raise ValueError(f"quantization.approach {QAT} needs q_func(model), your training loop, "
                          f"which ilit calls on each prepared model; pass q_func or use {STATIC}")
-    check_loader(q_dataloader, "q_dataloader")
-    if eval_dataloader is not None:
-        check_loader(eval_dataloader, "eval_dataloader")
 
 
 def check_loader(loader: Any, name: str) -> Any:
@@ -59,11 +56,6 @@ def check_loader(loader: Any, name: str) -> Any:
     except TypeError as exc:
         raise ValueError(f"{name} must be an iterable of (inputs, labels) batches, got "
                          f"{type(loader).__name__}: {exc}") from None
-
-
-def first_inputs(loader: Any) -> Any:
-    """The inputs of a loader's first batch (the whole batch when it is not an ``(inputs, labels)`` pair)."""
-    return batch_inputs(next(iter(loader)))
 
 
 def describe_inputs(value: Any, depth: int = 0, limit: int = 12) -> str:

@@ -7,7 +7,8 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from . import registry
-from .arguments import check_arguments, first_inputs
+from .arguments import check_arguments, check_loader
+from .batches import batch_inputs
 from .config import Config, load_config
 from .detect import adaptor_class
 from .evaluation import Evaluator, build_metric
@@ -64,6 +65,11 @@ class Tuner:
         cfg = self.config
         # every check on the arguments, the workspace and the resume file runs before any calibration
         check_arguments(cfg, q_dataloader, q_func, eval_dataloader, eval_func, postprocess)
+        # each loader's first batch, drawn once: calibration data is run on the FP32 model before any trial, and
+        # the objective times models on the evaluation data's first batch (the calibration data's without one)
+        calib_inputs = batch_inputs(check_loader(q_dataloader, "q_dataloader"))
+        timing_inputs = (batch_inputs(check_loader(eval_dataloader, "eval_dataloader"))
+                         if eval_dataloader is not None else calib_inputs)
         workspace = Workspace(cfg.tuning.workspace_path)
         # one run per workspace, held until the best model and history are written; Ctrl-C always stops it
         with workspace.lock(), watch_interrupts():
@@ -74,8 +80,7 @@ class Tuner:
             strategy_cls.check(adaptor)
             objective: Objective = self._objective_cls()
             data = RunData(model=model, q_dataloader=q_dataloader, q_func=q_func,
-                           timing_inputs=first_inputs(eval_dataloader if eval_dataloader is not None else q_dataloader),
-                           calib_inputs=first_inputs(q_dataloader))
+                           timing_inputs=timing_inputs, calib_inputs=calib_inputs)
             self.run = run = TuningRun(cfg, adaptor, strategy_cls, objective,
                                        Evaluator(adaptor, eval_func, eval_dataloader, cfg.tuning.metric, postprocess),
                                        workspace, data, resumed, resume_file)
