@@ -5,6 +5,11 @@ pip (nox's default virtualenv backend), not uv: the torch 2.13.0 CPU wheel comes
 directory that only pip is configured to find.
 """
 
+import functools
+import os
+import shutil
+from typing import Callable
+
 import nox
 
 nox.options.default_venv_backend = "virtualenv"
@@ -25,12 +30,27 @@ MXNET = ("mxnet==1.9.1", "numpy==1.23.5", "scipy==1.10.1")
 OLDEST = ("numpy==1.23.5", "pyyaml==6.0.1", "pycocotools==2.0.7", "scikit-learn==1.3.2")
 
 
+def session(func: Callable[[nox.Session], None]) -> Callable[[nox.Session], None]:
+    """A nox session that, with ILIT_NOX_DROP_VENVS=1 (set by .ci/run), deletes its virtualenv once it has run,
+    passed or failed: a full `nox` then needs the disk of one framework venv at a time (TensorFlow ~1.8 GB,
+    torch ~1.3 GB), not of all twelve at once (~13 GB), which once filled the CI machine's disk."""
+    @functools.wraps(func)
+    def run(session: nox.Session) -> None:
+        try:
+            func(session)
+        finally:
+            location = getattr(session.virtualenv, "location", None)
+            if os.environ.get("ILIT_NOX_DROP_VENVS") == "1" and location:
+                shutil.rmtree(location, ignore_errors=True)
+    return nox.session(run)
+
+
 def pytest(session: nox.Session, path: str, *extra: str) -> None:
     """Run pytest; its exit code 5 (no tests collected) fails the session like any other failure."""
     session.run("python", "-m", "pytest", path, "-q", "-p", "no:cacheprovider", *extra, *session.posargs)
 
 
-@nox.session
+@session
 def lint(session: nox.Session) -> None:
     """ruff (ruff.toml) over every Python file and mypy (mypy.ini) over every package's sources, with one
     config each at the repo root; no framework is installed, so framework objects are typed as Any."""
@@ -39,7 +59,7 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
-@nox.session
+@session
 def core(session: nox.Session) -> None:
     """ilit-core alone: proves the install stays light and no framework is imported."""
     session.install(CORE)
@@ -49,7 +69,7 @@ def core(session: nox.Session) -> None:
     pytest(session, "packages/ilit-toy/tests")  # the adaptor contract kit (ilit.testing) against the toy plugin
 
 
-@nox.session
+@session
 def metrics(session: nox.Session) -> None:
     """ilit-metrics (with pycocotools) against its references (scikit-learn, pycocotools, the SQuAD v1.1 rules),
     driven by YAML name through the registry and a Tuner run on the toy adaptor; no framework is installed."""
@@ -60,7 +80,7 @@ def metrics(session: nox.Session) -> None:
     pytest(session, "packages/ilit-metrics/tests")
 
 
-@nox.session
+@session
 def oldest(session: nox.Session) -> None:
     """ilit-core and ilit-metrics on the oldest dependency versions they declare (OLDEST), so the lower
     bounds in their pyproject.toml are tested, not only claimed."""
@@ -74,7 +94,7 @@ def oldest(session: nox.Session) -> None:
     pytest(session, "packages/ilit-metrics/tests")
 
 
-@nox.session
+@session
 def pytorch(session: nox.Session) -> None:
     """ilit-pytorch with torch 2.13.0 (CPU)."""
     session.install(TORCH)
@@ -82,7 +102,7 @@ def pytorch(session: nox.Session) -> None:
     pytest(session, "packages/ilit-pytorch/tests")
 
 
-@nox.session
+@session
 def tensorflow(session: nox.Session) -> None:
     """ilit-tensorflow with tensorflow-cpu 2.21.0 and the LiteRT interpreter."""
     session.install(*TENSORFLOW)
@@ -90,7 +110,7 @@ def tensorflow(session: nox.Session) -> None:
     pytest(session, "packages/ilit-tensorflow/tests")
 
 
-@nox.session
+@session
 def mxnet(session: nox.Session) -> None:
     """ilit-mxnet with MXNet 1.9.1, which needs numpy 1.23.5 (it breaks on numpy >= 1.24)."""
     session.install(*MXNET)
@@ -101,7 +121,7 @@ def mxnet(session: nox.Session) -> None:
     pytest(session, "packages/ilit-mxnet/tests")
 
 
-@nox.session
+@session
 def demo(session: nox.Session) -> None:
     """The main job: train a small CNN on scikit-learn's digits, tune it to INT8 with ilit, print the results and
     write the run's report (HTML with charts: ilit-core[report] brings matplotlib)."""
@@ -110,7 +130,7 @@ def demo(session: nox.Session) -> None:
     session.run("python", "examples/pytorch_digits_demo.py", *session.posargs)
 
 
-@nox.session
+@session
 def tensorflow_demo(session: nox.Session) -> None:
     """The demo with TensorFlow: a Keras CNN on digits tuned to TFLite INT8, the same result table and a report."""
     session.install(*TENSORFLOW)
@@ -118,7 +138,7 @@ def tensorflow_demo(session: nox.Session) -> None:
     session.run("python", "examples/tensorflow_digits_demo.py", *session.posargs)
 
 
-@nox.session
+@session
 def mxnet_demo(session: nox.Session) -> None:
     """The demo with MXNet: a Gluon CNN on digits tuned to oneDNN INT8, the same result table and a report."""
     session.install(*MXNET)
@@ -127,7 +147,7 @@ def mxnet_demo(session: nox.Session) -> None:
     session.run("python", "examples/mxnet_digits_demo.py", *session.posargs)
 
 
-@nox.session
+@session
 def detection(session: nox.Session) -> None:
     """A small detector trained on canvases of scikit-learn digits, tuned to INT8 in both usages (COCO mAP)."""
     session.install(TORCH)
@@ -135,7 +155,7 @@ def detection(session: nox.Session) -> None:
     session.run("python", "examples/pytorch_detection_demo.py", *session.posargs)
 
 
-@nox.session
+@session
 def tensorflow_detection(session: nox.Session) -> None:
     """The digits detector in Keras, tuned to full-integer TFLite in both usages (COCO mAP)."""
     session.install(*TENSORFLOW)
