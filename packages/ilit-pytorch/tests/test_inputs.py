@@ -135,8 +135,8 @@ def test_failing_call_shows_the_batch_structure(digits, tmp_path):
 
     train, test = _flat(digits)
     wrong = [({"x": x}, y) for x, y in test[:1]]
-    assert describe_inputs(wrong[0][0]) == "dict('x': Tensor[float32, 100x64])"
+    assert describe_inputs(wrong[0][0]) == "dict{x: Tensor float32[100, 64]}"
     with pytest.raises(TypeError) as info:
         _tune(WantsTwo(), wrong, wrong, tmp_path)
     notes = "\n".join(getattr(info.value, "__notes__", []))
-    assert "dict('x': Tensor[float32, 100x64])" in notes and "1 positional" in notes
+    assert "dict{x: Tensor float32[100, 64]}" in notes and "1 positional" in notes

@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 from torch.fx import GraphModule, Node
 
+from ilit.arguments import describe_inputs  # re-exported: one description of a batch in core and adaptor errors
 from ilit.batches import batch_inputs
 
 from . import backend
@@ -101,25 +102,6 @@ def call_model(model: Any, inputs: Any) -> Any:
     """Call ``model`` on one batch's inputs as :func:`as_call` says."""
     args, kwargs = as_call(model, inputs)
     return model(*args, **kwargs)
-
-
-def describe_inputs(inputs: Any, depth: int = 0) -> str:
-    """The structure of a batch's inputs in one line (types, dtypes and shapes, not values), for errors."""
-    if depth > 4:
-        return "..."
-    if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        kind = "Tensor" if isinstance(inputs, torch.Tensor) else "ndarray"
-        dtype = str(inputs.dtype).replace("torch.", "")
-        return f"{kind}[{dtype}, {'x'.join(str(d) for d in inputs.shape) or 'scalar'}]"
-    if isinstance(inputs, Mapping):
-        items = list(inputs.items())
-        body = ", ".join(f"{k!r}: {describe_inputs(v, depth + 1)}" for k, v in items[:8])
-        return f"dict({body}{', ...' if len(items) > 8 else ''})"
-    if isinstance(inputs, (tuple, list)):
-        body = ", ".join(describe_inputs(v, depth + 1) for v in list(inputs)[:8])
-        more = ", ..." if len(inputs) > 8 else ""
-        return f"{type(inputs).__name__}({body}{more}{',' if len(inputs) == 1 else ''})"
-    return type(inputs).__name__
 
 
 def run_batches(model: Any, dataloader: Iterable[Any], iterations: int) -> int:
