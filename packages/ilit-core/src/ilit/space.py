@@ -196,6 +196,17 @@ class TuningSpace:
         near = {op, *self.producers(op), *self.consumers(op)}
         return [n for n in self.ops if n in near]
 
+    def downstream(self, op: str) -> List[str]:
+        """Every op that reads, directly or through other ops, what ``op`` writes (model order)."""
+        seen = set()
+        stack = [op]
+        while stack:
+            for n in self.consumers(stack.pop()):
+                if n not in seen and n != op:
+                    seen.add(n)
+                    stack.append(n)
+        return [n for n in self.ops if n in seen]
+
     def has_weight(self, op: str) -> bool:
         """Whether ``op`` has a weight (conv, linear); ops without one (pooling, add, ...) pass tensors on."""
         return any("weight" in c for c in self.op_choices[op])

@@ -230,11 +230,14 @@ class FallbackSearch:
 
     # ------------------------------------------------------------------ the whole search
     def search(self, rank: Callable[[FrozenSet[str]], Generator[TuneCfg, None, Ranking]],
-               type_stage: bool = True, consumer_groups: bool = False) -> Search:
+               type_stage: bool = True, consumer_groups: bool = False,
+               rerank_after_informative: bool = False) -> Search:
         """The stages of the module docstring. ``rank(kept)`` ranks the candidates not in ``kept``, with
         ``kept`` in fp32 (it may run trials), and returns a :class:`Ranking`. ``consumer_groups``: before
         whole neighbourhoods, try each op with the ops reading its output (for rankings that point at
-        the op whose output is damaged, like mse's)."""
+        the op whose output is damaged, like mse's). ``rerank_after_informative``: when the informative ops
+        are not enough, rank again on top of them before trying groups (for rankings that cost no trial,
+        like mse's, and that single out only where the error enters, not what it ruins downstream)."""
         suspicion: Dict[str, float] = {}
         if type_stage:
             yield from self.type_stage()
@@ -250,6 +253,8 @@ class FallbackSearch:
                 if self.passing is not None:
                     break
                 kept = kept | frozenset(ranking.informative)
+                if rerank_after_informative:
+                    continue
             grown = yield from self.neighbourhoods(kept, ranking.order, consumer_groups)
             if self.passing is not None:
                 break

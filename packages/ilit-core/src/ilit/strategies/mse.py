@@ -192,7 +192,7 @@ class MSEStrategy(BasicStrategy):
                 ranking = yield from self.probe_ranking(search, kept)
             return ranking
 
-        yield from search.search(rank, type_stage=False, consumer_groups=True)
+        yield from search.search(rank, type_stage=False, consumer_groups=True, rerank_after_informative=True)
         if search.passing is None and not self.any_met():
             # the error ranking was wrong about what hurts accuracy: go on as Basic would; configs
             # already tried are replayed from their records, not run again
@@ -205,6 +205,8 @@ class MSEStrategy(BasicStrategy):
         errors = self.measure_errors(cfg)
         producers = self.space.producers
         added = added_error(self.space.ops, errors, producers)
+        log.debug("mse: normalized MSE per op (kept %s): %s", sorted(kept),
+                  {op: round(v, 4) for op, v in errors.items()})
         if not kept:
             self.op_errors = errors
             # what reports show: the normalized MSE each op adds to its input's
@@ -226,7 +228,14 @@ class MSEStrategy(BasicStrategy):
                 a = finite(added[op])
                 return a > 0 and a >= floor and a >= self.own_share * errors.get(op, math.inf)
 
-            informative = sorted((op for op in left if clear(op)), key=lambda op: finite(added[op]), reverse=True)
+            clear_ops = [op for op in left if clear(op)]
+            # where the error enters: the clear ops no other clear op feeds. Downstream of a ruined tensor the
+            # added errors are noise (a max-pool re-quantizing it "adds" as much as the op that ruined it), so
+            # those ops are judged again once the entry ops are fp32 (the search re-measures on top of them)
+            below = {n for op in clear_ops for n in self.space.downstream(op)}
+            informative = sorted((op for op in clear_ops if op not in below), key=lambda op: finite(added[op]),
+                                 reverse=True)
+            order = informative + [op for op in order if op not in informative]
         return Ranking(order, scores, informative)
 
     def measure_errors(self, base: TuneCfg) -> Dict[str, float]:
