@@ -1,5 +1,6 @@
 """save/load without pickle, inspect_tensor, fingerprints, and the error when torch is missing."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -11,23 +12,80 @@ import torch
 from conftest import DigitsCNN, ResidualNet, UnscriptableNet, UntraceableNet, make_adaptor, uniform_cfg
 
 from ilit.objectives import saved_size
-from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE
+from ilit_pytorch.serialize import (META_FILE, MODEL_FILE, STATE_FILE, ModelFileError, export_torchscript,
+                                    load_torchscript_executing_code)
 
 
-def test_save_load_round_trip_without_pickle(trained_cnn, digits, tmp_path, monkeypatch):
-    adaptor = make_adaptor()
-    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, fallback=["fc2"]), trained_cnn, digits[0])
+@pytest.mark.parametrize("approach, algorithm", [("post_training_static_quant", "kl"),
+                                                 ("post_training_static_quant", "percentile"),
+                                                 ("post_training_dynamic_quant", "minmax"),
+                                                 ("quant_aware_training", "minmax")])
+def test_save_load_round_trip_is_data_only_and_exact(approach, algorithm, trained_cnn, digits, tmp_path, monkeypatch):
+    """The saved directory holds tensors and JSON only; load rebuilds the int8 model from the fp32 one, bit for bit."""
+    from conftest import train
+
+    adaptor = make_adaptor({"quantization": {"approach": approach}})
+    cfg = uniform_cfg(adaptor, trained_cnn, activation={"algorithm": algorithm},
+                      fallback=[] if approach.endswith("dynamic_quant") else ["fc2"])
+    q_func = (lambda p: train(p, digits[0][:2], epochs=1)) if approach == "quant_aware_training" else None
+    q = adaptor.quantize(cfg, trained_cnn, digits[0], q_func)
     adaptor.save(q, str(tmp_path / "int8"))
-    assert json.loads((tmp_path / "int8" / META_FILE).read_text())["format"] == "torchscript"
+    meta = json.loads((tmp_path / "int8" / META_FILE).read_text())
+    assert meta["format"] == "state_dict" and meta["adaptor"] == "pytorch" and meta["build"]["tune_cfg"] == cfg
+    assert sorted(p.name for p in (tmp_path / "int8").iterdir()) == [META_FILE, STATE_FILE]
 
-    def no_pickle(*a, **k):
-        raise AssertionError("load must not unpickle")
-    monkeypatch.setattr(torch, "load", no_pickle)
-    monkeypatch.setattr("pickle.load", no_pickle)
-    loaded = adaptor.load(str(tmp_path / "int8"))
+    real_load, calls = torch.load, []
+
+    def weights_only_load(*a, **k):
+        calls.append(k.get("weights_only"))
+        return real_load(*a, **k)
+
+    def no_code(*a, **k):
+        raise AssertionError("load must not unpickle or load TorchScript")
+    monkeypatch.setattr(torch, "load", weights_only_load)
+    monkeypatch.setattr(torch.jit, "load", no_code)
+    monkeypatch.setattr("pickle.load", no_code)
+    fresh = make_adaptor({"quantization": {"approach": approach}})  # another process would have no cache
+    loaded = fresh.load(str(tmp_path / "int8"), model=trained_cnn)
+    assert calls == [True]
     x = digits[1][0][0]
-    assert torch.equal(loaded(x), q(x))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q(x))
     assert np.array_equal(adaptor.infer(loaded, x).numpy(), adaptor.infer(q, x).numpy())
+    assert not loaded.training
+
+
+def test_load_needs_the_fp32_model_and_refuses_another_one(trained_cnn, digits, tmp_path):
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])
+    adaptor.save(q, str(tmp_path / "int8"))
+    with pytest.raises(ValueError, match="pass the FP32 model"):
+        adaptor.load(str(tmp_path / "int8"))
+    with pytest.raises(ModelFileError, match="pass the FP32 model"):
+        adaptor.load(str(tmp_path / "int8"), model=DigitsCNN(width=8))  # same class, other widths
+
+
+def test_saving_the_same_model_gives_the_same_bytes(trained_cnn, digits, tmp_path):
+    """Resume under ``objective: modelsize`` needs the saved size of a model to be one number."""
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])
+    blobs = []
+    for i in range(4):
+        adaptor.save(q if i % 2 else copy.deepcopy(q), str(tmp_path / str(i)))
+        blobs.append(b"".join(p.read_bytes() for p in sorted((tmp_path / str(i)).iterdir())))
+    assert len(set(blobs)) == 1
+    again = make_adaptor().quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])  # a new quantize
+    assert saved_size(again, adaptor) == len(blobs[0])
+
+
+def test_export_torchscript_is_for_deployment_and_loading_it_is_an_explicit_opt_in(trained_cnn, digits, tmp_path):
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])
+    assert export_torchscript(q, str(tmp_path / "q.pt")) == "torchscript"
+    back = load_torchscript_executing_code(str(tmp_path / "q.pt"))
+    x = digits[1][0][0]
+    with torch.no_grad():
+        assert torch.equal(back(x), q(x))
 
 
 def test_saved_int8_model_is_at_most_three_tenths_of_fp32(digits):
@@ -38,13 +96,14 @@ def test_saved_int8_model_is_at_most_three_tenths_of_fp32(digits):
     assert ratio <= 0.3, ratio
 
 
-def test_weights_only_fallback_for_models_torchscript_cannot_take(tmp_path):
+def test_an_fp32_model_saves_as_its_state_dict(tmp_path):
     torch.manual_seed(0)
     model = UnscriptableNet().eval()
     adaptor = make_adaptor()
     adaptor.save(model, str(tmp_path / "m"))
     assert (tmp_path / "m" / STATE_FILE).exists() and not (tmp_path / "m" / MODEL_FILE).exists()
-    with pytest.raises(ValueError, match="pass that model"):
+    assert json.loads((tmp_path / "m" / META_FILE).read_text())["build"] is None
+    with pytest.raises(ValueError, match="pass the FP32 model"):
         adaptor.load(str(tmp_path / "m"))
     fresh = UnscriptableNet()
     back = adaptor.load(str(tmp_path / "m"), model=fresh)
@@ -58,10 +117,10 @@ def test_split_model_saves_and_loads(digits, tmp_path):
     adaptor = make_adaptor()
     q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0])
     adaptor.save(q, str(tmp_path / "split"))
-    loaded = adaptor.load(str(tmp_path / "split"))
+    loaded = make_adaptor().load(str(tmp_path / "split"), model=model)
     x = digits[1][0][0]
     with torch.no_grad():
-        assert torch.allclose(loaded(x), q(x), atol=1e-5)
+        assert torch.equal(loaded(x), q(x))
 
 
 def test_inspect_tensor_gives_fp32_and_int8_activations_per_op(trained_cnn, digits):
@@ -128,8 +187,7 @@ def test_string_annotations_do_not_stop_torchscript(digits, tmp_path):
     model = ns["Annotated"]().eval()
     adaptor = make_adaptor()
     q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0])
-    adaptor.save(q, str(tmp_path / "a"))
-    assert json.loads((tmp_path / "a" / META_FILE).read_text())["format"] == "torchscript"
+    assert export_torchscript(q, str(tmp_path / "a.pt")) == "torchscript"
 
 
 def test_infer_and_evaluate_leave_the_int8_model_unrun(trained_cnn, digits):

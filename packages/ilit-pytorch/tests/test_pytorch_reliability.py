@@ -13,13 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import UnscriptableNet, accuracy, make_adaptor, train
+from typing import Tuple
+
+from conftest import UnscriptableNet, accuracy, make_adaptor, train, uniform_cfg
 
 import ilit
 from ilit.testing import AdaptorContract, ContractSpec
 from ilit.tune_cfg import fallback_ops
 from ilit_pytorch import PyTorchAdaptor
-from ilit_pytorch.serialize import META_FILE, MODEL_FILE, STATE_FILE, ModelFileError
+from ilit_pytorch.serialize import (MAX_BYTES_ENV, META_FILE, MODEL_FILE, STATE_FILE, ModelFileError,
+                                    export_torchscript, load_limit, load_torchscript_executing_code)
 
 FRAMEWORKS = ("mxnet", "tensorflow", "keras", "jax", "onnxruntime")
 
@@ -115,8 +118,7 @@ def _torchscript_with(archive, payload, into):
             dst.writestr(name, data)
 
 
-WHERE = ["meta-pickle", "model-pickle", "model-torch-save", "model-torchscript-archive", "state-pickle",
-         "state-torch-save"]
+WHERE = ["meta-pickle", "state-pickle", "state-torch-save", "state-torchscript-archive"]
 
 
 @pytest.mark.parametrize("payload_cls", [_Payload, _ShellPayload])
@@ -125,10 +127,9 @@ def test_load_refuses_a_crafted_pickle_in_each_file_without_running_it(where, pa
     adaptor = make_adaptor()
     torch.manual_seed(0)
     fp32 = UnscriptableNet().eval()
-    scripted_dir, state_dir = tmp_path / "scripted", tmp_path / "state"
-    adaptor.save(nn.Sequential(nn.Linear(4, 2)).eval(), str(scripted_dir))
-    adaptor.save(fp32, str(state_dir))
-    assert (scripted_dir / MODEL_FILE).exists() and (state_dir / STATE_FILE).exists()
+    saved = tmp_path / "saved"
+    adaptor.save(fp32, str(saved))
+    assert (saved / STATE_FILE).exists() and (saved / META_FILE).exists()
 
     # the payload is live: a plain unpickler runs it
     probe = tmp_path / "probe"
@@ -137,31 +138,161 @@ def test_load_refuses_a_crafted_pickle_in_each_file_without_running_it(where, pa
 
     marker = tmp_path / "marker"
     payload = pickle.dumps(payload_cls(marker), protocol=2)
-    target = {"meta-pickle": scripted_dir / META_FILE, "model-pickle": scripted_dir / MODEL_FILE,
-              "model-torch-save": scripted_dir / MODEL_FILE,
-              "model-torchscript-archive": scripted_dir / MODEL_FILE,
-              "state-pickle": state_dir / STATE_FILE, "state-torch-save": state_dir / STATE_FILE}[where]
-    if where.endswith("torch-save"):
+    target = saved / (META_FILE if where == "meta-pickle" else STATE_FILE)
+    if where == "state-torch-save":
         torch.save(payload_cls(marker), str(target))  # torch's zip container, a pickle of the payload inside
-    elif where == "model-torchscript-archive":
-        _torchscript_with(target, payload, str(target) + ".tmp")
-        os.replace(str(target) + ".tmp", target)
+    elif where == "state-torchscript-archive":
+        archive = tmp_path / "scripted.pt"
+        torch.jit.save(torch.jit.script(nn.Sequential(nn.Linear(4, 2)).eval()), str(archive))
+        _torchscript_with(archive, payload, str(target))
     else:
         target.write_bytes(payload)
     with pytest.raises(ModelFileError) as info:
-        adaptor.load(str(target.parent), model=fp32)
+        adaptor.load(str(saved), model=fp32)
     assert str(target) in str(info.value) and "not" in str(info.value) and "nothing in it was run" in str(info.value)
     assert isinstance(info.value, ilit.ModelFileError) and info.value.file == str(target)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("meta", ["[]", "{}", '{"format": "pickle"}', '{"format": 1}', "not json", ""])
+class SetStatePayload(nn.Module):
+    """The issue's attack: a TorchScript module whose ``__setstate__`` (run by ``torch.jit.load``) maps a file
+    outside the model directory and overwrites its first 8 bytes."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.hit = torch.zeros(8, dtype=torch.uint8)
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool]:
+        return (self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool]) -> None:
+        self.target = state[0]
+        self.training = state[1]
+        self.hit = torch.from_file(self.target, shared=True, size=8, dtype=torch.uint8).fill_(88)
+
+
+@pytest.mark.parametrize("meta", [{"format": "torchscript"}, {"format": "torchscript-trace"},
+                                  {"format": "state_dict", "build": None}])
+def test_load_never_runs_a_torchscript_setstate_payload(meta, tmp_path):
+    victim = tmp_path / "outside.bin"
+    victim.write_bytes(b"\0" * 16)
+    evil = torch.jit.script(SetStatePayload(str(victim)))
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    torch.jit.save(evil, str(saved / MODEL_FILE))
+    torch.jit.save(evil, str(saved / STATE_FILE))  # the same program where the tensors belong
+    (saved / META_FILE).write_text(json.dumps(meta))
+    assert victim.read_bytes() == b"\0" * 16
+    with pytest.raises(ModelFileError) as info:
+        make_adaptor().load(str(saved), model=nn.Sequential(nn.Linear(4, 2)))
+    assert victim.read_bytes() == b"\0" * 16  # nothing ran
+    if meta["format"].startswith("torchscript"):
+        assert "load_torchscript_executing_code" in str(info.value)  # says how to opt in, for a file you trust
+    # the payload is live: the explicit opt-in, named for what it does, runs it
+    load_torchscript_executing_code(str(saved / MODEL_FILE))
+    assert victim.read_bytes() == b"X" * 8 + b"\0" * 8
+
+
+def _deflated_state(src, into, extra_bytes):
+    """A copy of the zip ``src`` whose members are deflated and that gains a member of ``extra_bytes`` zeros."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(into, "w", zipfile.ZIP_DEFLATED) as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name))
+        prefix = z.namelist()[0].split("/")[0]
+        with out.open(f"{prefix}/data/99", "w", force_zip64=True) as f:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(extra_bytes >> 20):
+                f.write(chunk)
+
+
+def test_load_refuses_a_zip_bomb_before_inflating_it(tmp_path, monkeypatch):
+    """A 300 MB deflated member in a file of ~0.3 MB: its declared size is refused before torch reads it."""
+    fp32 = nn.Sequential(nn.Linear(4, 2)).eval()
+    adaptor = make_adaptor()
+    adaptor.save(fp32, str(tmp_path / "m"))
+    bomb = tmp_path / "bomb.pt"
+    _deflated_state(tmp_path / "m" / STATE_FILE, bomb, 300 << 20)
+    assert bomb.stat().st_size < 2 << 20
+    os.replace(bomb, tmp_path / "m" / STATE_FILE)
+    reads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: reads.append(a))
+    with pytest.raises(ModelFileError, match="compressed"):
+        adaptor.load(str(tmp_path / "m"), model=fp32)
+    assert reads == []  # refused before torch saw it
+
+
+def test_load_refuses_a_state_file_over_the_size_limit(trained_cnn, digits, tmp_path, monkeypatch):
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn), trained_cnn, digits[0])
+    adaptor.save(q, str(tmp_path / "q"))
+    size = (tmp_path / "q" / STATE_FILE).stat().st_size
+    assert load_limit(trained_cnn) > size  # the default (from the fp32 model's size) takes a genuine save
+    with pytest.raises(ModelFileError, match="over the limit"):
+        adaptor.load(str(tmp_path / "q"), model=trained_cnn, max_bytes=size // 2)
+    monkeypatch.setenv(MAX_BYTES_ENV, str(size // 2))
+    with pytest.raises(ModelFileError, match="over the limit"):
+        adaptor.load(str(tmp_path / "q"), model=trained_cnn)
+    assert adaptor.load(str(tmp_path / "q"), model=trained_cnn, max_bytes=2 * size) is not None
+    # a small fp32 model gets a small limit: a state file of 64 MiB of declared tensors more is refused
+    tiny = nn.Linear(4, 2)
+    assert load_limit(tiny) < (64 << 20) + 1024
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "deep-json", "directory"])
+@pytest.mark.parametrize("which", [META_FILE, STATE_FILE])
+def test_load_refuses_special_files_and_deep_json_at_once(kind, which, tmp_path):
+    import signal
+
+    fp32 = nn.Sequential(nn.Linear(4, 2)).eval()
+    make_adaptor().save(fp32, str(tmp_path / "m"))
+    target = tmp_path / "m" / which
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", target)
+    elif kind == "directory":
+        target.mkdir()
+    else:
+        target.write_text("[" * 100_000 + "]" * 100_000)
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("load hung")))
+    signal.alarm(20)
+    try:
+        with pytest.raises(ModelFileError) as info:
+            make_adaptor().load(str(tmp_path / "m"), model=fp32)
+    finally:
+        signal.alarm(0)
+    assert info.value.file == str(target)
+
+
+@pytest.mark.parametrize("meta", ["[]", "{}", '{"format": "pickle"}', '{"format": 1}', "not json", "",
+                                  '{"format": "state_dict", "build": {"how": "fx"}}',
+                                  '{"format": "state_dict", "build": []}'])
 def test_load_refuses_metadata_of_the_wrong_shape(meta, tmp_path):
     adaptor = make_adaptor()
-    adaptor.save(nn.Sequential(nn.Linear(4, 2)).eval(), str(tmp_path / "m"))
+    fp32 = nn.Sequential(nn.Linear(4, 2)).eval()
+    adaptor.save(fp32, str(tmp_path / "m"))
     (tmp_path / "m" / META_FILE).write_text(meta)
     with pytest.raises(ModelFileError, match=META_FILE):
-        adaptor.load(str(tmp_path / "m"))
+        adaptor.load(str(tmp_path / "m"), model=fp32)
+
+
+def test_load_refuses_a_recipe_that_does_not_fit_the_model(tmp_path):
+    adaptor = make_adaptor()
+    fp32 = nn.Sequential(nn.Linear(4, 2)).eval()
+    adaptor.save(fp32, str(tmp_path / "m"))
+    meta = json.loads((tmp_path / "m" / META_FILE).read_text())
+    meta["build"] = {"how": "fx", "tune_cfg": {"approach": "post_training_static_quant", "ops": {"nope": {}},
+                                               "calibration": {"iterations": 1}}}
+    (tmp_path / "m" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="cannot be applied"):
+        adaptor.load(str(tmp_path / "m"), model=fp32)
 
 
 def test_load_refuses_a_weights_only_file_that_is_not_a_state_dict(tmp_path):
@@ -323,8 +454,8 @@ def test_infer_runs_a_training_model_in_eval_mode_and_restores_each_submodule(bn
     assert sum("training mode" in r.getMessage() for r in caplog.records) == 1  # said once
 
 
-def test_saving_by_trace_leaves_a_training_model_unchanged(digits, tmp_path):
-    class Traced(BnDropNet):  # a lambda attribute: not scriptable, so save traces it on the last batch seen
+def test_exporting_by_trace_leaves_a_training_model_unchanged(digits, tmp_path):
+    class Traced(BnDropNet):  # a lambda attribute: not scriptable, so export traces it
         def __init__(self):
             super().__init__()
             self.scale = lambda t: t * 1.0
@@ -335,10 +466,7 @@ def test_saving_by_trace_leaves_a_training_model_unchanged(digits, tmp_path):
     torch.manual_seed(0)
     model = Traced().train()
     before = snapshot(model)
-    adaptor = make_adaptor()
-    adaptor.infer(model, digits[1][0][0])  # the example batch save traces on
-    adaptor.save(model, str(tmp_path / "m"))
-    assert json.loads((tmp_path / "m" / META_FILE).read_text())["format"] == "torchscript-trace"
+    assert export_torchscript(model, str(tmp_path / "m.pt"), example=digits[1][0][0]) == "torchscript-trace"
     assert_unchanged(model, before)
 
 

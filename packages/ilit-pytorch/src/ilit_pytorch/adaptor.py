@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import warnings
 import weakref
-from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import (Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set,
+                    Tuple)
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from .graph import (Analysis, Op, analyze, find_functional, get_submodule, keep_
                     qconfig_entries, set_submodule)
 from .modes import eval_mode, restored_modes, training_modules  # noqa: E402
 from .serialize import load_model, save_model  # noqa: E402
+from . import recipe  # noqa: E402
 from . import smoothquant  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
@@ -217,7 +220,7 @@ class PyTorchAdaptor(Adaptor):
     def quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any],
                  q_func: Optional[Callable[[Any], Any]] = None) -> nn.Module:
         """A new INT8 model for ``tune_cfg``; ``model`` is never modified."""
-        q = self._quantize(tune_cfg, model, dataloader, q_func)
+        q = self._quantize(tune_cfg, model, dataloader, q_func)  # records how it was built (recipe.record)
         return self._embeddings(tune_cfg, q)
 
     def _embeddings(self, tune_cfg: TuneCfg, q: nn.Module) -> nn.Module:
@@ -241,7 +244,7 @@ class PyTorchAdaptor(Adaptor):
         self.quantize_calls += 1
         approach = tune_cfg["approach"]
         if approach == DYNAMIC:
-            return self._dynamic(tune_cfg, model)
+            return recipe.record(self._dynamic(tune_cfg, model), tune_cfg, "dynamic")
         if approach == QAT and q_func is None:
             raise ValueError("quant_aware_training needs q_func(model), a function that trains the prepared model; "
                              "pass it to tune(..., q_func=...)")
@@ -258,25 +261,89 @@ class PyTorchAdaptor(Adaptor):
                             type(model).__name__, str(exc)[:300])
         analysis = self.analysis(model, is_qat)
         if analysis.traceable:
-            return self._graph_mode(tune_cfg, model, analysis, dataloader, q_func)
+            return recipe.record(self._graph_mode(tune_cfg, model, analysis, dataloader, q_func), tune_cfg, "fx")
         try:
             q = self._graph_mode(tune_cfg, model, analysis, dataloader, q_func)
             with torch.no_grad():
                 call_model(q, self._example)
-            return q
+            return recipe.record(q, tune_cfg, "fx")
         except Exception as exc:  # noqa: BLE001 - the split model does not run: quantize its Linears dynamically
             raise_if_interrupted(exc)
             log.warning("pytorch adaptor: the partly FX-quantized %s fails to run (%s: %s); falling back to "
                         "dynamic quantization of its Linear layers", type(model).__name__, type(exc).__name__, exc)
-            return self._dynamic(tune_cfg, model, linear_only=True)
+            return recipe.record(self._dynamic(tune_cfg, model, linear_only=True), tune_cfg, "dynamic-linear")
 
-    def _graph_mode(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, dataloader: Iterable[Any],
-                    q_func: Optional[Callable[[Any], Any]]) -> nn.Module:
-        """Prepare each unit with FX, calibrate (or train), convert, and put the units back in a copy."""
+    def rebuild(self, build: Mapping[str, Any], model: nn.Module) -> nn.Module:
+        """The quantized model ``quantize`` made for a recorded ``build`` (see :mod:`ilit_pytorch.recipe`), from
+        the FP32 ``model`` by the same code path but without calibration data or training: each scale, zero
+        point and int8 weight is a placeholder that :func:`serialize.load_model` then overwrites with the saved
+        state (PT2E's activation qparams, graph literals, come from the recorded ``build``)."""
+        tune_cfg, how = build["tune_cfg"], build["how"]
+        approach = tune_cfg.get("approach")
+        if approach not in backend.APPROACHES or not isinstance(tune_cfg.get("ops"), dict):
+            raise ValueError(f"the recorded tune_cfg has approach {approach!r:.60} and no valid ops")
+        if how in ("dynamic", "dynamic-linear"):
+            q = self._dynamic(tune_cfg, model, linear_only=how == "dynamic-linear")
+        elif how in ("fx", "pt2e"):
+            alpha = smoothquant.alpha_of(tune_cfg) if approach == STATIC else None
+            if alpha is not None:  # the migrated weights are in the saved state: only the structure matters here
+                model = self._smoothed_placeholder(model, alpha)
+            with warnings.catch_warnings():  # "must run observer before calling calculate_qparams": placeholders
+                warnings.filterwarnings("ignore", message=".*must run observer.*")
+                if how == "pt2e":
+                    q = self._pt2e_rebuild(build, model)
+                else:
+                    q = self._graph_mode(tune_cfg, model, self.analysis(model, approach == QAT), None, None,
+                                         calibrate=False)
+        else:
+            raise ValueError(f"unknown build {how!r:.40} (this ilit-pytorch builds fx, pt2e, dynamic and "
+                             "dynamic-linear)")
+        q = recipe.record(q, tune_cfg, how, **{k: v for k, v in build.items() if k not in ("how", "tune_cfg")})
+        return self._embeddings(tune_cfg, q)
+
+    def _smoothed_placeholder(self, model: nn.Module, alpha: float) -> nn.Module:
+        """``model`` migrated by SmoothQuant with unit scales: the structure ``smooth`` gives (a LayerNorm
+        without affine parameters gains them), without calibration statistics."""
+        groups = smoothquant.find_groups(model, self.analysis(model, False))
+        ones = {}
+        for g in groups:
+            for name in g.linears:
+                lin = smoothquant._plain_linear(get_submodule(model, name))
+                if lin is not None:
+                    ones[name] = torch.ones(lin.in_features)
+        return smoothquant.smooth(model, groups, ones, alpha)
+
+    def _pt2e_rebuild(self, build: Mapping[str, Any], model: nn.Module) -> nn.Module:
+        """Export ``model`` on zeros of the recorded input shapes, annotate and convert with placeholder
+        observers, then write the recorded activation qparams into the graph's quantize/dequantize nodes."""
+        if backend.pt2e_missing():
+            raise RuntimeError(backend.pt2e_missing())
+        args, kwargs = recipe.inputs_from_spec(build.get("inputs"))
+        cfgs = {name: (op if is_quantized(op) else None)
+                for name, op in recipe.minmax_only(build["tune_cfg"])["ops"].items()}
+        with eval_mode(model):
+            exported = backend.pt2e_export(model, args, kwargs)
+        prepared = backend.pt2e_prepare(exported, cfgs)
+        recipe.feed_weight_observers(prepared)
+        gm = backend.pt2e_convert(prepared)
+        recipe.set_graph_qparams(gm, build.get("qparams"))
+        return backend.PT2EModel(gm)
+
+    def _graph_mode(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis,
+                    dataloader: Optional[Iterable[Any]], q_func: Optional[Callable[[Any], Any]],
+                    calibrate: bool = True) -> nn.Module:
+        """Prepare each unit with FX, calibrate (or train), convert, and put the units back in a copy.
+
+        ``calibrate=False`` (for :meth:`rebuild`) skips calibration and training: the observers keep their
+        defaults, so the converted model has the right structure and placeholder values."""
         approach = tune_cfg["approach"]
         is_qat = approach == QAT
-        example = batch_inputs(next(iter(dataloader)))
-        self._example = example
+        if calibrate:
+            example = batch_inputs(next(iter(dataloader)))  # type: ignore[arg-type]
+            self._example = example
+        else:  # histogram/percentile observers cannot convert empty; the structure is the same with min/max
+            example = None
+            tune_cfg = recipe.minmax_only(tune_cfg)
         q = copy.deepcopy(model).train(is_qat)
         prepared: Dict[str, Any] = {}
         for unit in analysis.units:
@@ -286,7 +353,7 @@ class PyTorchAdaptor(Adaptor):
             if not any_q:
                 continue
             # example inputs only matter to prepare_fx for standalone modules; a unit's own are unknown
-            args = as_call(model, example)[0] if unit.prefix == "" else ()
+            args = as_call(model, example)[0] if unit.prefix == "" and example is not None else ()
             p = backend.prepare(unit.module_in(q), entries, args, is_qat)
             prepared[unit.prefix] = p
             if unit.prefix == "":
@@ -296,12 +363,14 @@ class PyTorchAdaptor(Adaptor):
         if not prepared:
             return q.eval()
         keep_off_fast_path(q)
-        if is_qat:
+        if not calibrate:
+            q.eval()
+        elif is_qat:
             q_func(q)  # type: ignore[misc]  # trains the prepared model in place
             q.eval()
         else:
             q.eval()
-            self._calibrate(tune_cfg, model, analysis, prepared, q, dataloader)
+            self._calibrate(tune_cfg, model, analysis, prepared, q, dataloader)  # type: ignore[arg-type]
         for prefix, p in prepared.items():
             c = backend.convert(p)
             if prefix == "":
@@ -345,9 +414,10 @@ class PyTorchAdaptor(Adaptor):
                 prepared(*a, **k)
                 n += 1
         self.calibration_batches += n
-        q = backend.PT2EModel(backend.pt2e_convert(prepared))
-        q._ilit_quantized = True
-        return q
+        gm = backend.pt2e_convert(prepared)
+        # the activation qparams are graph literals, not state: recorded with the input shapes for rebuild
+        return recipe.record(backend.PT2EModel(gm), tune_cfg, "pt2e", inputs=recipe.input_spec(args, kwargs),
+                             qparams=recipe.graph_qparams(gm))
 
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
                    q: nn.Module, dataloader: Iterable[Any]) -> None:
@@ -515,12 +585,19 @@ class PyTorchAdaptor(Adaptor):
 
     # ---------------------------------------------------------------- files
     def save(self, model: Any, path: str) -> None:
-        if isinstance(model, backend.PT2EModel):  # its reference graph (TorchScript needs torchao's ops to load)
-            model = model.graph_module
-        save_model(model, path, self._example)
+        """Write the model's tensors and its recipe (data only, see :mod:`ilit_pytorch.serialize`) into ``path``."""
+        save_model(model, path, state=self._state_module(model))
 
-    def load(self, path: str, model: Optional[nn.Module] = None) -> Any:
-        return load_model(path, model)
+    def load(self, path: str, model: Optional[nn.Module] = None, max_bytes: Optional[int] = None) -> Any:
+        """The model saved in ``path``, rebuilt from the FP32 ``model`` it was quantized from (required) and the
+        saved tensors; runs no code from the files. ``max_bytes`` caps the state file (default: see
+        :func:`serialize.load_limit`)."""
+        return load_model(path, model, self.rebuild, max_bytes, state_of=self._state_module)
+
+    @staticmethod
+    def _state_module(model: Any) -> Any:
+        """The module whose state dict holds a model's tensors: a PT2E model's graph (its wrapper lists it twice)."""
+        return model.graph_module if isinstance(model, backend.PT2EModel) else model
 
     def fingerprint(self, model: Any) -> str:
         """A hash of the class and every parameter and buffer (cheaper than saving the model)."""
