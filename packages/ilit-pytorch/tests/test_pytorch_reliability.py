@@ -570,4 +570,5 @@ class TestPyTorchAdaptorContract(AdaptorContract):
             state=numpy_snapshot, metric={"topk": 1},
             config={"quantization": {"activation": {"algorithm": "minmax"}}},
             foreign_models={"torch_tensor": lambda: torch.zeros(2, 64),
-                            "torchscript": lambda: torch.jit.script(copy.deepcopy(trained_cnn).eval())})
+                            "torchscript": lambda: torch.jit.script(copy.deepcopy(trained_cnn).eval())},
+            load=lambda adaptor, path, fp32: adaptor.load(path, model=fp32))  # data only: rebuilt from the FP32 model
