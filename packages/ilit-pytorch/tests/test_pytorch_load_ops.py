@@ -16,7 +16,9 @@ def test_ilit_load_reads_what_the_pytorch_adaptor_saved(trained_cnn, digits, tmp
     q = adaptor.quantize(uniform_cfg(adaptor, trained_cnn, fallback=["fc2"]), trained_cnn, digits[0])
     adaptor.save(q, str(tmp_path / "q"))
     assert json.loads((tmp_path / "q" / META_FILE).read_text())["adaptor"] == "pytorch"
-    loaded = ilit.load(str(tmp_path / "q"))
+    with pytest.raises(ValueError, match="pass the FP32 model"):  # data only: rebuilt from the FP32 model
+        ilit.load(str(tmp_path / "q"))
+    loaded = ilit.load(str(tmp_path / "q"), model=trained_cnn)
     x = digits[1][0][0]
     assert torch.equal(loaded(x), q(x))
 
@@ -24,8 +26,8 @@ def test_ilit_load_reads_what_the_pytorch_adaptor_saved(trained_cnn, digits, tmp
 def test_ilit_load_passes_the_fp32_model_on_for_a_weights_only_save(tmp_path):
     torch.manual_seed(0)
     fp32 = UnscriptableNet().eval()
-    make_adaptor().save(fp32, str(tmp_path / "w"))  # TorchScript cannot compile it: its weights only
-    with pytest.raises(ValueError, match="pass that model"):
+    make_adaptor().save(fp32, str(tmp_path / "w"))  # an FP32 model: its weights, loaded into the model passed
+    with pytest.raises(ValueError, match="pass the FP32 model"):
         ilit.load(str(tmp_path / "w"))
     torch.manual_seed(1)
     fresh = UnscriptableNet().eval()

@@ -244,14 +244,18 @@ def test_load_refuses_a_state_file_over_the_size_limit(trained_cnn, digits, tmp_
     assert load_limit(tiny) < (64 << 20) + 1024
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "deep-json", "directory"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "deep-json", "directory", "symlink"])
 @pytest.mark.parametrize("which", [META_FILE, STATE_FILE])
 def test_load_refuses_special_files_and_deep_json_at_once(kind, which, tmp_path):
+    """A FIFO (which would block ``open``), a device, a directory, a symlink (even to a genuine file) or JSON
+    nested 100,000 deep: a ModelFileError naming the file, at once (an alarm fails the test if load blocks)."""
+    import shutil
     import signal
 
     fp32 = nn.Sequential(nn.Linear(4, 2)).eval()
     make_adaptor().save(fp32, str(tmp_path / "m"))
     target = tmp_path / "m" / which
+    shutil.copy(target, tmp_path / "genuine")
     target.unlink()
     if kind == "fifo":
         os.mkfifo(target)
@@ -259,16 +263,21 @@ def test_load_refuses_special_files_and_deep_json_at_once(kind, which, tmp_path)
         os.symlink("/dev/zero", target)
     elif kind == "directory":
         target.mkdir()
+    elif kind == "symlink":
+        os.symlink(tmp_path / "genuine", target)
     else:
         target.write_text("[" * 100_000 + "]" * 100_000)
-    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("load hung")))
+    before = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("load hung")))
     signal.alarm(20)
     try:
         with pytest.raises(ModelFileError) as info:
             make_adaptor().load(str(tmp_path / "m"), model=fp32)
     finally:
         signal.alarm(0)
-    assert info.value.file == str(target)
+        signal.signal(signal.SIGALRM, before)
+    assert info.value.file == str(target) and str(info.value).count(str(target)) == 1  # one clear message
+    if kind in ("symlink", "dev-zero"):
+        assert "symbolic link" in str(info.value)
 
 
 @pytest.mark.parametrize("meta", ["[]", "{}", '{"format": "pickle"}', '{"format": 1}', "not json", "",

@@ -36,7 +36,7 @@ def test_basic_strategy_tunes_the_digits_cnn_to_int8(trained_cnn, digits, tmp_pa
     assert math.isclose(accuracy(q, digits[1]), tuner.best_trial.accuracy)
     assert any(isinstance(m, torch.ao.nn.quantized.Linear) for m in q.modules())
     assert tuner.adaptor.calibration_batches <= 2 * len(tuner.history.trials)
-    best = tuner.adaptor.load(str(tmp_path / "ws" / "best_model"))
+    best = tuner.adaptor.load(str(tmp_path / "ws" / "best_model"), model=trained_cnn)
     assert torch.equal(best(digits[1][0][0]), q(digits[1][0][0]))
 
 

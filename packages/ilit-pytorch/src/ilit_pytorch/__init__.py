@@ -5,7 +5,7 @@ Importing this package does not import torch; the adaptor does, and says how to 
 
 from .version import __version__
 
-__all__ = ["PyTorchAdaptor", "__version__"]
+__all__ = ["PyTorchAdaptor", "export_torchscript", "load_torchscript_executing_code", "__version__"]
 
 
 def __getattr__(name: str):  # lazy, so `import ilit_pytorch` works (and explains) without torch
@@ -13,4 +13,11 @@ def __getattr__(name: str):  # lazy, so `import ilit_pytorch` works (and explain
         from .adaptor import PyTorchAdaptor
 
         return PyTorchAdaptor
+    if name in ("export_torchscript", "load_torchscript_executing_code"):
+        from ._deps import require_torch
+
+        require_torch()
+        from . import serialize
+
+        return getattr(serialize, name)
     raise AttributeError(name)

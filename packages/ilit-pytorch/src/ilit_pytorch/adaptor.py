@@ -16,6 +16,7 @@ from ilit import Adaptor, calibration_key
 from ilit.interrupts import raise_if_interrupted
 from ilit.tune_cfg import TuneCfg, is_quantized
 from ilit.logs import get_logger
+from ilit.text import printable
 from ilit.batches import batch_inputs, selected_batches
 
 from ._deps import require_torch
@@ -282,6 +283,13 @@ class PyTorchAdaptor(Adaptor):
         approach = tune_cfg.get("approach")
         if approach not in backend.APPROACHES or not isinstance(tune_cfg.get("ops"), dict):
             raise ValueError(f"the recorded tune_cfg has approach {approach!r:.60} and no valid ops")
+        known = {name for name, _ in model.named_modules()}
+        if how == "fx" and not set(tune_cfg["ops"]) <= known:  # functional ops (add, cat) are named by the analysis
+            known |= set(self.analysis(model, approach == QAT).ops)
+        unknown = sorted(set(tune_cfg["ops"]) - known)
+        if unknown:
+            raise ValueError(f"the recorded tune_cfg names {len(unknown)} op(s) this model does not have, e.g. "
+                             f"{printable(unknown[0], 80)}")
         if how in ("dynamic", "dynamic-linear"):
             q = self._dynamic(tune_cfg, model, linear_only=how == "dynamic-linear")
         elif how in ("fx", "pt2e"):
@@ -299,7 +307,8 @@ class PyTorchAdaptor(Adaptor):
             raise ValueError(f"unknown build {how!r:.40} (this ilit-pytorch builds fx, pt2e, dynamic and "
                              "dynamic-linear)")
         q = recipe.record(q, tune_cfg, how, **{k: v for k, v in build.items() if k not in ("how", "tune_cfg")})
-        return self._embeddings(tune_cfg, q)
+        q = self._embeddings(tune_cfg, q)
+        return q if isinstance(q, backend.PT2EModel) else q.eval()  # an exported graph refuses eval()
 
     def _smoothed_placeholder(self, model: nn.Module, alpha: float) -> nn.Module:
         """``model`` migrated by SmoothQuant with unit scales: the structure ``smooth`` gives (a LayerNorm

@@ -159,9 +159,9 @@ def _open_regular(file: str, what: str, limit: int) -> BinaryIO:
 
 
 def load_limit(model: Optional[nn.Module], max_bytes: Optional[int] = None) -> int:
-    """The most bytes a state file may hold (declared uncompressed): ``max_bytes``, else ``$ILIT_PYTORCH_MAX_LOAD_BYTES``,
-    else twice the FP32 model's tensors plus 64 MiB (a quantized model holds at most the FP32 tensors, plus
-    small scales), or 4 GiB without a model."""
+    """The most bytes a state file may hold (declared uncompressed): ``max_bytes``, else
+    ``$ILIT_PYTORCH_MAX_LOAD_BYTES``, else twice the FP32 model's tensors plus 64 MiB (a quantized model
+    holds at most the FP32 tensors, plus small scales), or 4 GiB without a model."""
     if max_bytes is not None:
         return int(max_bytes)
     env = os.environ.get(MAX_BYTES_ENV, "").strip()
@@ -187,7 +187,8 @@ def _check_archive(f: BinaryIO, file: str, limit: int) -> None:
         with zipfile.ZipFile(f) as z:
             infos = z.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise _refuse(file, "a state dict", ValueError(f"it is not the zip archive torch.save writes ({exc})")) from None
+        raise _refuse(file, "a state dict",
+                      ValueError(f"it is not the zip archive torch.save writes ({exc})")) from None
     total = 0
     prefixes = {info.filename.split("/", 1)[0] for info in infos}
     for info in infos:
@@ -200,8 +201,9 @@ def _check_archive(f: BinaryIO, file: str, limit: int) -> None:
                                                            "compressed, which torch.save never does (a zip bomb?)"))
         total += info.file_size
     if total > limit:
-        raise _refuse(file, "a state dict", ValueError(f"its members declare {total} bytes, over the limit of {limit} "
-                                                       f"bytes; pass max_bytes= (or set {MAX_BYTES_ENV}) if it is genuine"))
+        raise _refuse(file, "a state dict", ValueError(
+            f"its members declare {total} bytes, over the limit of {limit} bytes; pass max_bytes= (or set "
+            f"{MAX_BYTES_ENV}) if it is genuine"))
     f.seek(0)
 
 
@@ -209,9 +211,10 @@ def _read_meta(path: str) -> Dict[str, Any]:
     meta_path = os.path.join(path, META_FILE)
     if not os.path.lexists(meta_path):
         raise FileNotFoundError(f"{path} holds no model saved by ilit-pytorch (missing {META_FILE})")
+    with _open_regular(meta_path, "the metadata file", _META_MAX) as f:
+        raw = f.read(_META_MAX + 1)
     try:
-        with _open_regular(meta_path, "the metadata file", _META_MAX) as f:
-            meta = json.loads(f.read(_META_MAX + 1).decode("utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise _refuse(meta_path, "the metadata file", exc if not isinstance(exc, RecursionError)
                       else ValueError("it is nested too deeply")) from None
@@ -261,7 +264,8 @@ def load_model(path: str, model: Optional[nn.Module],
                state_of: Callable[[nn.Module], nn.Module] = lambda m: m) -> nn.Module:
     """Read a directory written by :func:`save_model` into a copy of the FP32 ``model`` (required).
 
-    ``rebuild(build, model)`` makes the quantized structure for the recorded ``build`` (without calibration);
+    ``rebuild(build, model)`` makes the quantized structure for the recorded ``build`` (without calibration, in
+    eval mode);
     the saved tensors are then loaded into ``state_of(rebuilt)``, after checking that every key, dtype and
     shape agrees. Nothing from the files runs: the metadata is JSON, the tensors go through
     ``torch.load(weights_only=True)``. A file that is anything else raises :class:`ModelFileError` naming it.
@@ -298,4 +302,4 @@ def load_model(path: str, model: Optional[nn.Module],
                              f"unexpected {printable(extra, 200)}, different shape or dtype {differ}); pass the FP32 "
                              "model this directory was quantized from")
     target.load_state_dict(state, strict=True)
-    return out.eval() if build is not None else out
+    return out
