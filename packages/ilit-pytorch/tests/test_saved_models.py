@@ -99,17 +99,24 @@ def test_split_model_dynamic_linear_fallback_round_trip_is_exact(digits, tmp_pat
     _assert_same_outputs(q, loaded, digits[1][:4])
 
 
-def test_keyword_inputs_round_trip_is_exact(digits, tmp_path):
+@pytest.mark.parametrize("backend_name", ["fx", pytest.param("pt2e", marks=needs_torchao)])
+def test_keyword_inputs_round_trip_is_exact(backend_name, digits, tmp_path, monkeypatch):
+    """PT2E exports again on zeros of the recorded keyword inputs' shapes."""
     from test_inputs import KeywordModel
 
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", backend_name)
     torch.manual_seed(0)
     model = KeywordModel().eval()
     data = [[({"pixels": x.flatten(1), "mask": torch.ones(x.shape[0], 64)}, y) for x, y in d] for d in digits]
     adaptor = make_adaptor()
     q, loaded = _round_trip(None, uniform_cfg(adaptor, model), model, data, tmp_path)
+    assert isinstance(q, backend.PT2EModel) == (backend_name == "pt2e")
+    if backend_name == "pt2e":
+        inputs = json.loads((tmp_path / "q" / META_FILE).read_text())["build"]["inputs"]
+        assert [k for k, _ in inputs["kwargs"]] == ["pixels", "mask"] and inputs["args"] == []
     with torch.no_grad():
         for x, _ in data[1][:3]:
-            assert torch.equal(q(**x), loaded(**x))
+            assert torch.equal(_runner(q)(**x), _runner(loaded)(**x))
 
 
 def test_load_without_the_fp32_model_says_what_to_pass(trained_cnn, digits, tmp_path):
@@ -228,3 +235,16 @@ def test_resume_under_modelsize_measures_and_chooses_as_one_run(trained_cnn, dig
     files = {ws: b"".join(p.read_bytes() for p in sorted((tmp_path / ws / "best_model").iterdir()))
              for ws in ("whole", "rest")}
     assert files["whole"] == files["rest"]
+
+
+@needs_torchao
+def test_loading_a_pt2e_model_without_torchao_says_what_to_install(digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "pt2e")
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    adaptor = make_adaptor()
+    adaptor.save(adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0]), str(tmp_path / "q"))
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "fx")  # the recorded build decides, not the environment
+    monkeypatch.setattr(backend, "pt2e_missing", lambda: "torchao is not importable (test)")
+    with pytest.raises(ImportError, match="PT2E backend; loading it needs torchao: torchao is not importable"):
+        make_adaptor().load(str(tmp_path / "q"), model=model)

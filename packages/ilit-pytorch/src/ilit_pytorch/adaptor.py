@@ -325,8 +325,9 @@ class PyTorchAdaptor(Adaptor):
     def _pt2e_rebuild(self, build: Mapping[str, Any], model: nn.Module) -> nn.Module:
         """Export ``model`` on zeros of the recorded input shapes, annotate and convert with placeholder
         observers, then write the recorded activation qparams into the graph's quantize/dequantize nodes."""
-        if backend.pt2e_missing():
-            raise RuntimeError(backend.pt2e_missing())
+        missing = backend.pt2e_missing()
+        if missing:
+            raise ImportError(f"this model was quantized with the PT2E backend; loading it needs torchao: {missing}")
         args, kwargs = recipe.inputs_from_spec(build.get("inputs"))
         cfgs = {name: (op if is_quantized(op) else None)
                 for name, op in recipe.minmax_only(build["tune_cfg"])["ops"].items()}

@@ -286,6 +286,8 @@ def load_model(path: str, model: Optional[nn.Module],
     build = meta.get("build")
     try:
         out = copy.deepcopy(model) if build is None else rebuild(build, model)
+    except ImportError:  # a backend that is not installed (torchao for PT2E): the message says what to install
+        raise
     except Exception as exc:  # noqa: BLE001 - a recipe that does not fit this model (or a crafted one)
         raise_if_interrupted(exc)
         raise ModelFileError(os.path.join(path, META_FILE),
