@@ -20,6 +20,12 @@ needs_torchao = pytest.mark.skipif(backend.pt2e_missing() is not None,
                                    reason="torchao is not installed (pip install 'ilit-pytorch[pt2e]')")
 
 
+@pytest.fixture(autouse=True)
+def _fx(monkeypatch):
+    """FX unless a test asks for PT2E: each test names the backend path whose rebuild it checks."""
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "fx")
+
+
 def _runner(model):
     """What to compare: a PT2E model's reference graph (calling the wrapper would compile it)."""
     return model.graph_module if isinstance(model, backend.PT2EModel) else model
