@@ -171,6 +171,14 @@ def _ilit_logs(caplog):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_bf16(monkeypatch):
+    """bf16 fallback off unless a test turns it on (test_bf16.py): it is offered only on AMX / AVX512-BF16
+    CPUs, and the other tests must tune the same way on every machine."""
+    monkeypatch.setenv("ILIT_PYTORCH_BF16", "0")
+    yield
+
+
 def accuracy(model, data) -> float:
     m = Accuracy()
     with torch.no_grad():

@@ -15,7 +15,7 @@ from .objective import Comparison, Objective
 from .ops import list_ops
 from .space import TuningSpace
 from .strategy import Proposal, Strategy, StrategyContext, TrialResult
-from .tune_cfg import TuneCfg, calibration_key, cfg_fingerprint, fallback_ops, is_quantized, quantized_ops
+from .tune_cfg import TuneCfg, bf16_ops, calibration_key, cfg_fingerprint, fallback_ops, is_quantized, quantized_ops
 from .tuner import Tuner
 from .version import __version__
 
@@ -49,6 +49,7 @@ __all__ = [
     "is_quantized",
     "quantized_ops",
     "fallback_ops",
+    "bf16_ops",
     "calibration_key",
     "cfg_fingerprint",
     "__version__",

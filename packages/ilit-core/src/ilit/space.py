@@ -23,8 +23,11 @@ writes, possibly through ops that are not tunable (ReLU, reshape, ...). Fallback
 find ops that interact (an outlier tensor between two ops is quantized if either op is). Without it
 (older adaptors) the ops are taken as a chain in the order they run.
 
-``fp32`` in an op's dtype list means the op can fall back. A choice mixing a quantized dtype with
-fp32 across weight and activation is dropped, as upstream iLiT did.
+``fp32`` in an op's dtype list means the op can fall back. ``bf16`` in both its weight and activation
+dtype lists (in the activation list for an op without weights) means it can fall back to bfloat16
+instead, which adaptors offer where the CPU computes in bf16 natively (AMX, AVX512-BF16). A choice
+mixing a quantized dtype with fp32 (or bf16) across weight and activation is dropped, as upstream iLiT did.
+Fallback dtypes are not model-wise choices: every model-wise config is fully quantized.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import Config, TensorQuantConfig
 from .errors import ConfigError
-from .tune_cfg import STATIC, TENSOR_FIELDS, TuneCfg
+from .tune_cfg import FALLBACK_DTYPES, STATIC, TENSOR_FIELDS, TuneCfg, is_quantized
 
 __all__ = ["TuningSpace", "OpKey"]
 
 OpKey = Tuple[str, str]
 FP32 = {"dtype": "fp32"}
+BF16 = {"dtype": "bf16"}
 
 
 def _intersect(supported: Sequence[str], wanted: Optional[Sequence[str]]) -> List[str]:
@@ -58,11 +62,11 @@ def _tensor_choices(cap: Mapping[str, Sequence[str]], *wanted: TensorQuantConfig
     for fld in TENSOR_FIELDS:
         vals = list(cap.get(fld, []))
         if fld == "dtype":
-            vals = [v for v in vals if v != "fp32"]
+            vals = [v for v in vals if v not in FALLBACK_DTYPES]
         for w in wanted:
             want = w.get(fld)
             if fld == "dtype" and want is not None:
-                want = tuple(v for v in want if v != "fp32") or None
+                want = tuple(v for v in want if v not in FALLBACK_DTYPES) or None
             narrowed = _intersect(vals, want)
             if want is not None and vals and not narrowed:
                 if strict:
@@ -87,7 +91,7 @@ class TuningSpace:
     approach: str
     iterations: Tuple[int, ...]
     op_types: Dict[str, str]
-    op_choices: Dict[str, List[Dict[str, Any]]]  # quantized choices first, then the fp32 one if allowed
+    op_choices: Dict[str, List[Dict[str, Any]]]  # quantized choices first, then bf16 and fp32 if allowed
     global_choices: List[Dict[str, Dict[str, str]]]
     forced_fallback: Tuple[str, ...] = ()
     #: [producer, consumer] op pairs from the adaptor; empty = unknown, the ops are taken as a chain
@@ -143,8 +147,8 @@ class TuningSpace:
                                        path=f"tuning.ops.{name}.weight", strict=True) if has_weight else {}
                 a_ch = _tensor_choices(a_ch, ov.activation, path=f"tuning.ops.{name}.activation", strict=True)
             op_tensor[name] = {"weight": w_ch, "activation": a_ch}
-            can_fp32 = "fp32" in cap.get("activation", {}).get("dtype", []) and (
-                not has_weight or "fp32" in cap["weight"].get("dtype", []))
+            can_fp32, can_bf16 = (dt in cap.get("activation", {}).get("dtype", []) and (
+                not has_weight or dt in cap["weight"].get("dtype", [])) for dt in ("fp32", "bf16"))
             choices: List[Dict[str, Any]] = []
             if not (ov and ov.fallback):
                 for a in _combos(a_ch):
@@ -156,8 +160,10 @@ class TuningSpace:
                 if not can_fp32:
                     raise ConfigError(f"tuning.ops.{name}", "this op cannot run in fp32 with this adaptor")
                 forced.append(name)
+            if can_bf16 and can_fp32 and choices:  # a cheaper fallback than fp32 (never for an op forced to fp32)
+                choices.append(_float(has_weight, BF16))
             if can_fp32 or not choices:
-                choices.append(_fp32(has_weight))
+                choices.append(_float(has_weight, FP32))
             op_choices[name] = choices
         return cls(approach=approach, iterations=tuple(config.calibration.iterations), op_types=op_types,
                    op_choices=op_choices, global_choices=global_choices, forced_fallback=tuple(forced),
@@ -234,15 +240,30 @@ class TuningSpace:
     def can_fallback(self, op: str) -> bool:
         return any(c["activation"]["dtype"] == "fp32" for c in self.op_choices[op])
 
+    def can_bf16(self, op: str) -> bool:
+        """Whether ``op`` may fall back to bf16 (the adaptor offers it for this op)."""
+        return any(c["activation"]["dtype"] == "bf16" for c in self.op_choices[op])
+
+    def fallback_dtypes(self, ops: Iterable[str]) -> List[str]:
+        """The fallback dtypes to search, cheapest first: ``["bf16", "fp32"]`` when any of ``ops`` may fall back
+        to bf16, else ``["fp32"]``."""
+        return ["bf16", "fp32"] if any(self.can_bf16(op) for op in ops) else ["fp32"]
+
+    def fallback_choice(self, op: str, dtype: str = "fp32") -> Dict[str, Any]:
+        """``op``'s fallback entry: its bf16 one when ``dtype`` is bf16 and the op offers it, else fp32."""
+        if dtype == "bf16":
+            for c in self.op_choices[op]:
+                if c["activation"]["dtype"] == "bf16":
+                    return c
+        return self.op_choices[op][-1]
+
     def fallback_candidates(self, tune_cfg: TuneCfg) -> List[str]:
         """Ops quantized in ``tune_cfg`` that could fall back to fp32, in model order."""
-        from .tune_cfg import is_quantized
-
         return [n for n, op in tune_cfg["ops"].items() if is_quantized(op) and self.can_fallback(n)]
 
     # ------------------------------------------------------------------ config makers
     def _apply_global(self, name: str, choice: Mapping[str, Mapping[str, str]]) -> Dict[str, Any]:
-        quantized = [c for c in self.op_choices[name] if c["activation"]["dtype"] != "fp32"]
+        quantized = [c for c in self.op_choices[name] if is_quantized(c)]
         if name in self.forced_fallback or not quantized:
             return dict(self.op_choices[name][-1])
         out: Dict[str, Any] = {}
@@ -287,15 +308,16 @@ class TuningSpace:
                         out.append(cfg)
         return out
 
-    def with_fallback(self, tune_cfg: TuneCfg, ops: Iterable[str]) -> TuneCfg:
-        """A copy of ``tune_cfg`` with ``ops`` kept in fp32."""
+    def with_fallback(self, tune_cfg: TuneCfg, ops: Iterable[str], dtype: str = "fp32") -> TuneCfg:
+        """A copy of ``tune_cfg`` with ``ops`` falling back: to fp32, or with ``dtype="bf16"`` to bf16 where
+        the op offers it (fp32 where it does not)."""
         new = {"approach": tune_cfg["approach"], "calibration": dict(tune_cfg["calibration"]),
                "ops": {n: dict(v) for n, v in tune_cfg["ops"].items()}}
         if tune_cfg.get("recipes"):
             new["recipes"] = json.loads(json.dumps(tune_cfg["recipes"]))
         for name in ops:
             if self.can_fallback(name):
-                new["ops"][name] = {"op_type": self.op_types[name], **self.op_choices[name][-1]}
+                new["ops"][name] = {"op_type": self.op_types[name], **self.fallback_choice(name, dtype)}
         return new
 
 
@@ -326,8 +348,8 @@ def _recipe_choices(recipes: Mapping[str, Mapping[str, Sequence[Any]]]) -> List[
     return out
 
 
-def _fp32(has_weight: bool) -> Dict[str, Any]:
-    return {"weight": dict(FP32), "activation": dict(FP32)} if has_weight else {"activation": dict(FP32)}
+def _float(has_weight: bool, dtype: Mapping[str, str]) -> Dict[str, Any]:
+    return {"weight": dict(dtype), "activation": dict(dtype)} if has_weight else {"activation": dict(dtype)}
 
 
 def _union(caps: Iterable[Mapping[str, Any]]) -> Dict[str, Dict[str, List[str]]]:

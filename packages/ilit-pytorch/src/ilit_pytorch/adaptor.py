@@ -14,7 +14,7 @@ import numpy as np
 
 from ilit import Adaptor, calibration_key
 from ilit.interrupts import raise_if_interrupted
-from ilit.tune_cfg import TuneCfg, is_quantized
+from ilit.tune_cfg import TuneCfg, bf16_ops, is_quantized
 from ilit.logs import get_logger
 from ilit.text import printable
 from ilit.batches import batch_inputs, selected_batches
@@ -35,6 +35,7 @@ from .modes import eval_mode, restored_modes, training_modules  # noqa: E402
 from .serialize import load_model, save_model  # noqa: E402
 from . import recipe  # noqa: E402
 from . import smoothquant  # noqa: E402
+from . import bf16  # noqa: E402
 
 __all__ = ["PyTorchAdaptor", "WEIGHT_CAPABILITY", "ACTIVATION_CAPABILITY"]
 
@@ -179,6 +180,8 @@ class PyTorchAdaptor(Adaptor):
                 if op.weighted:
                     cap["weight"] = dict(WEIGHT_CAPABILITY)
                 ops[(op.name, op.op_type)] = cap
+        if approach in (STATIC, DYNAMIC) and not self._pt2e(approach) and bf16.bf16_enabled():
+            ops = bf16.offer_bf16(ops)  # Linear/conv may fall back to bf16 (AMX / AVX512-BF16; see bf16.py)
         if approach != QAT and not self._pt2e(approach):
             emb = {(name, type(m).__name__): {"weight": dict(EMBEDDING_WEIGHT), "activation": dict(act)}
                    for name, m in model.named_modules() if type(m) in backend.EMBEDDINGS}
@@ -222,7 +225,17 @@ class PyTorchAdaptor(Adaptor):
                  q_func: Optional[Callable[[Any], Any]] = None) -> nn.Module:
         """A new INT8 model for ``tune_cfg``; ``model`` is never modified."""
         q = self._quantize(tune_cfg, model, dataloader, q_func)  # records how it was built (recipe.record)
-        return self._embeddings(tune_cfg, q)
+        return self._bf16(tune_cfg, self._embeddings(tune_cfg, q))
+
+    def _bf16(self, tune_cfg: TuneCfg, q: nn.Module) -> nn.Module:
+        """Run the config's bf16 fallback ops in bfloat16 (in the new model ``q``; FX and dynamic models)."""
+        names = bf16_ops(tune_cfg)
+        if names and not isinstance(q, backend.PT2EModel):
+            bf16.convert(q, names)
+            keep_off_fast_path(q)
+        elif names:
+            log.warning("pytorch adaptor: the PT2E backend has no bf16 fallback; %d op(s) stay fp32", len(names))
+        return q
 
     def _embeddings(self, tune_cfg: TuneCfg, q: nn.Module) -> nn.Module:
         """Swap the embeddings the config quantizes for int8 weight-only ones (in the new model ``q``)."""
@@ -307,7 +320,7 @@ class PyTorchAdaptor(Adaptor):
             raise ValueError(f"unknown build {how!r:.40} (this ilit-pytorch builds fx, pt2e, dynamic and "
                              "dynamic-linear)")
         q = recipe.record(q, tune_cfg, how, **{k: v for k, v in build.items() if k not in ("how", "tune_cfg")})
-        q = self._embeddings(tune_cfg, q)
+        q = self._bf16(tune_cfg, self._embeddings(tune_cfg, q))
         return q if isinstance(q, backend.PT2EModel) else q.eval()  # an exported graph refuses eval()
 
     def _smoothed_placeholder(self, model: nn.Module, alpha: float) -> nn.Module:

@@ -41,7 +41,7 @@ from torch.ao.quantization.quantize_fx import _fuse_fx, convert_fx, prepare_fx, 
 from torch.fx import GraphModule
 
 from ilit.logs import get_logger
-from ilit.tune_cfg import DYNAMIC, QAT, STATIC
+from ilit.tune_cfg import DYNAMIC, QAT, STATIC, is_quantized
 
 from .observers import PercentileObserver
 
@@ -135,10 +135,10 @@ def _weight(cfg: Optional[Mapping[str, str]], qat: bool) -> Callable[..., Any]:
 
 
 def make_qconfig(op_cfg: Mapping[str, Any], approach: str) -> Optional[QConfig]:
-    """The QConfig for one tune_cfg op entry, or None when the op falls back to fp32."""
+    """The QConfig for one tune_cfg op entry, or None when the op falls back (to fp32, or bf16: see bf16.py)."""
     act = op_cfg.get("activation", {})
     weight = op_cfg.get("weight")
-    if act.get("dtype", "fp32") == "fp32" and (weight or {}).get("dtype", "fp32") == "fp32":
+    if not is_quantized(op_cfg):
         return None
     if approach == DYNAMIC:
         activation = PlaceholderObserver.with_args(dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True)

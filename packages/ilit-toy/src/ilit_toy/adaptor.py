@@ -12,10 +12,10 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from ilit import Adaptor, ModelFileError, calibration_key
-from ilit.tune_cfg import APPROACHES, DYNAMIC, QAT, is_quantized
+from ilit.tune_cfg import APPROACHES, DYNAMIC, QAT, is_bf16, is_quantized
 from ilit.batches import batch_inputs, selected_batches
 
-from .model import Dense, ToyModel
+from .model import Dense, ToyModel, to_bf16
 
 ALGOS = ["minmax", "kl", "percentile"]
 
@@ -60,12 +60,15 @@ class ToyAdaptor(Adaptor):
         return None
 
     def query_fw_capability(self, model: ToyModel) -> Dict[str, Any]:
+        """Every Dense layer: int8 weights, uint8/int8 activations, fp32 fallback, and bf16 fallback when the
+        model stands in for a bf16-capable CPU (``ToyModel.bf16``)."""
+        half = ["bf16"] if model.bf16 else []
         caps = {}
         for layer in model.layers:
             caps[(layer.name, "Dense")] = {
-                "weight": {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"],
+                "weight": {"dtype": ["int8", *half, "fp32"], "scheme": ["sym", "asym"],
                            "granularity": ["per_channel", "per_tensor"], "algorithm": ["minmax"]},
-                "activation": {"dtype": ["uint8", "int8", "fp32"], "scheme": ["asym", "sym"],
+                "activation": {"dtype": ["uint8", "int8", *half, "fp32"], "scheme": ["asym", "sym"],
                                "granularity": ["per_tensor"], "algorithm": list(ALGOS)},
             }
         names = [layer.name for layer in model.layers]
@@ -104,6 +107,8 @@ class ToyAdaptor(Adaptor):
         for layer in q.layers:
             op = tune_cfg["ops"][layer.name]
             if not is_quantized(op):
+                if is_bf16(op):  # bf16 fallback: the weights are stored in bf16, the layer computes in bf16
+                    layer.bf16, layer.W, layer.b = True, to_bf16(layer.W), to_bf16(layer.b)
                 continue
             w, a = op["weight"], op["activation"]
             axis = 0 if w["granularity"] == "per_channel" else None
@@ -156,6 +161,7 @@ class ToyAdaptor(Adaptor):
                 arrays[f"{i}_W"] = layer.W
             arrays[f"{i}_b"] = layer.b
             meta.append({"name": layer.name, "relu": layer.relu, "fragile": layer.fragile, "qcfg": layer.qcfg,
+                         "bf16": layer.bf16, "fragile_bf16": layer.fragile_bf16,
                          "a_scale": layer.a_scale, "a_zp": layer.a_zp, "quantize_output": layer.quantize_output,
                          "o_scale": layer.o_scale, "o_zp": layer.o_zp})
         np.savez(os.path.join(path, "weights.npz"), **arrays)
@@ -204,6 +210,7 @@ class ToyAdaptor(Adaptor):
                               m["qcfg"], wq, ws, wz, m["a_scale"], m["a_zp"], m.get("o_scale", 1.0), m.get("o_zp", 0))
             else:
                 layer = Dense(m["name"], arrays[f"{i}_W"], arrays[f"{i}_b"], m["relu"], m["fragile"],
-                              m.get("quantize_output", False))
+                              m.get("quantize_output", False), fragile_bf16=bool(m.get("fragile_bf16", False)),
+                              bf16=bool(m.get("bf16", False)))
             layers.append(layer)
         return ToyModel(layers)

@@ -12,6 +12,14 @@ import numpy as np
 FRAGILE_NOISE = 0.5
 
 
+def to_bf16(a: np.ndarray) -> np.ndarray:
+    """``a`` rounded to bfloat16 (8 significant bits, round to nearest even), kept as float32: what a
+    bf16 kernel computes with."""
+    u = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))) & np.uint64(0xFFFF0000)
+    return rounded.astype(np.uint32).view(np.float32)
+
+
 @dataclass
 class Dense:
     """y = x @ W + b, optionally ReLU. A ``fragile`` layer's quantized kernel adds a seeded error of
@@ -26,7 +34,7 @@ class Dense:
     #: calibrated output range ``o_scale``/``o_zp``; a tensor between two such layers is then quantized
     #: if either of them is, which is what makes an outlier channel need both in fp32
     quantize_output: bool = False
-    # quantization state; None = fp32
+    # quantization state; None = fp32 (or bf16)
     qcfg: Optional[Dict[str, Any]] = None
     wq: Optional[np.ndarray] = None
     w_scale: Optional[np.ndarray] = None
@@ -35,13 +43,23 @@ class Dense:
     a_zp: int = 0
     o_scale: float = 1.0
     o_zp: int = 0
+    #: a ``fragile_bf16`` layer's bf16 form adds the same error as a fragile one's int8 form (bf16 fallback
+    #: does not help it; fp32 does)
+    fragile_bf16: bool = False
+    #: the layer falls back to bf16: weights, inputs and outputs rounded to bf16 (set by the adaptor)
+    bf16: bool = False
 
     @property
     def quantized(self) -> bool:
         return self.qcfg is not None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if self.qcfg is None:
+        if self.qcfg is None and self.bf16:
+            y = to_bf16(to_bf16(x) @ to_bf16(self.W) + to_bf16(self.b))
+            if self.fragile_bf16:
+                noise = np.random.default_rng(zlib.crc32(self.name.encode())).normal(0, 1, y.shape)
+                y = y + FRAGILE_NOISE * y.std() * noise
+        elif self.qcfg is None:
             y = x @ self.W + self.b
         else:
             assert self.wq is not None and self.w_scale is not None and self.w_zp is not None, "quantized w/o weights"
@@ -63,6 +81,8 @@ class Dense:
 class ToyModel:
     layers: List[Dense] = field(default_factory=list)
     training: bool = False  # a mode flag like a framework's train/eval, which tuning must give back unchanged
+    #: stands in for a CPU with native bf16 (AMX / AVX512-BF16): the adaptor then offers bf16 fallback
+    bf16: bool = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:

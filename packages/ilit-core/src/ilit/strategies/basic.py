@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, FrozenSet, Generator, Iterator, List, Optional, Set, Tuple
 
@@ -61,7 +62,9 @@ class BasicStrategy(Strategy):
     2. From the most accurate model-wise config, the shared fallback search
        (:mod:`ilit.strategies.fallback`): the op-type stage, one-op probes (last op first) that rank
        the ops by recovered accuracy, cumulative fallback of the ops that clearly help, graph
-       neighbourhoods when the probes tie, and a shrinking pass while the budget allows.
+       neighbourhoods when the probes tie, and a shrinking pass while the budget allows. Where the
+       adaptor offers bf16 for some ops, the search runs with bf16 fallback first, and again with
+       fp32 fallback only if that did not meet the goal.
     """
 
     #: model-wise configs tried before the phase may be cut short
@@ -108,12 +111,17 @@ class BasicStrategy(Strategy):
             return
         yield from self.fallback_search(base, self.space.fallback_candidates(base))
 
-    def fallback_search(self, base: TuneCfg, candidates: List[str]) -> Iterator[TuneCfg]:
-        """The shared search (op-type stage first), ranking ops by one-op probes."""
+    def fallback_search(self, base: TuneCfg, candidates: List[str],
+                        dtypes: Optional[List[str]] = None) -> Iterator[TuneCfg]:
+        """The shared search (op-type stage first), ranking ops by one-op probes; with bf16 fallback first
+        where the space offers it, then with fp32 if that did not meet the goal (or the given ``dtypes``)."""
         if not candidates:
             return
-        search = FallbackSearch(self, base, candidates)
-        yield from search.search(lambda kept: self.probe_ranking(search, kept))
+        for dtype in dtypes or self.space.fallback_dtypes(candidates):
+            search = FallbackSearch(self, base, candidates, dtype)
+            yield from search.search(functools.partial(self.probe_ranking, search))
+            if search.passing is not None or self.any_met():
+                return
 
     def probe_ranking(self, search: FallbackSearch, kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
         """Fall back each op not in ``kept`` alone on top of it (last op first); rank by recovered accuracy."""

@@ -28,6 +28,12 @@ after, constrained expected improvement. It is a deterministic function of the s
 proposes a config already evaluated, and ends when the space is exhausted (the tuner's
 ``max_trials`` and ``timeout`` also end it).
 
+bf16: where the adaptor offers it, an op's bf16 fallback is one more choice of its dimension. It
+counts as half quantized in the share this strategy maximizes (it keeps part of int8's speed-up) and
+as a fallback where fallbacks are counted; the initial design's fallback search tries bf16 first
+(see :mod:`ilit.strategies.fallback`), and random configs and local moves fall ops back to bf16
+where they can.
+
 Needs scikit-learn: ``pip install 'ilit-core[bayesian]'``. It is imported only when this strategy runs.
 """
 
@@ -109,8 +115,10 @@ class BayesianStrategy(Strategy):
         self._ops = sp.ops
         self._choices = [sp.op_choices[op] for op in self._ops]
         self._iters = list(sp.iterations) or [1]
-        self._fp32 = np.array([next((i for i, c in enumerate(ch) if c["activation"]["dtype"] == "fp32"), -1)
-                               for ch in self._choices])
+        self._fp32, self._bf16 = (np.array([next((i for i, c in enumerate(ch) if c["activation"]["dtype"] == dt), -1)
+                                            for ch in self._choices], dtype=np.int64) for dt in ("fp32", "bf16"))
+        # where an op falls back first: bf16 if the adaptor offers it, else fp32
+        self._pref_fb = np.where(self._bf16 >= 0, self._bf16, self._fp32)
         self._sizes = np.array([len(ch) for ch in self._choices] + [len(self._iters)])
         self._tables = [self._op_table(ch, fp) for ch, fp in zip(self._choices, self._fp32)]
         self._tables.append(np.eye(len(self._iters)) if len(self._iters) > 1 else np.zeros((1, 0)))
@@ -163,12 +171,20 @@ class BayesianStrategy(Strategy):
         return self.space.make_config(self.space.global_choices[0], self._iters[int(vec[-1])], op_cfgs=op_cfgs)
 
     def quantized_share(self, vecs: np.ndarray) -> np.ndarray:
-        """The fraction of ops each config keeps quantized (what this strategy maximizes)."""
+        """The fraction of ops each config keeps quantized, a bf16 op counting half (what this strategy maximizes)."""
         vecs = np.atleast_2d(vecs)
-        return (vecs[:, :-1] != self._fp32[None, :]).sum(axis=1) / len(self._ops)
+        bf16 = ((vecs[:, :-1] == self._bf16[None, :]) & (self._bf16[None, :] >= 0)).sum(axis=1)
+        return ((~self._fallen(vecs)).sum(axis=1) + 0.5 * bf16) / len(self._ops)
+
+    def _fallen(self, vecs: np.ndarray) -> np.ndarray:
+        """Per config and op: whether the op falls back (to fp32 or bf16)."""
+        ops = np.atleast_2d(vecs)[:, :-1]
+        return (((ops == self._fp32[None, :]) & (self._fp32[None, :] >= 0))
+                | ((ops == self._bf16[None, :]) & (self._bf16[None, :] >= 0)))
 
     def _all_fp32(self, vecs: np.ndarray) -> np.ndarray:
-        return np.all(vecs[:, :-1] == self._fp32[None, :], axis=1)
+        """Configs with no int8 op (every op in fp32 or bf16): not quantized models, never proposed."""
+        return np.all(self._fallen(vecs), axis=1)
 
     # ------------------------------------------------------------------ the search
     def configs(self) -> Iterator[TuneCfg]:
@@ -211,20 +227,23 @@ class BayesianStrategy(Strategy):
         candidates = self.space.fallback_candidates(base_cfg)
         if not candidates:
             return
-        search = FallbackSearch(self, base_cfg, candidates)
         order = [candidates[int(i)] for i in rng.permutation(len(candidates))]
+        for dtype in self.space.fallback_dtypes(candidates):  # bf16 fallback first where the space offers it
+            search = FallbackSearch(self, base_cfg, candidates, dtype)
 
-        def rank(kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
-            return (yield from search.single_probes(kept, order))
+            def rank(kept: FrozenSet[str], search: FallbackSearch = search) -> Generator[TuneCfg, None, Ranking]:
+                return (yield from search.single_probes(kept, order))
 
-        for cfg in search.search(rank):
-            vec = self.encode(cfg)
-            if vec is not None:
-                self._seen.add(vec.tobytes())
-            yield cfg
-            if vec is not None and self.last is not None:
-                self._X.append(vec)
-                self._R.append(self.last)
+            for cfg in search.search(rank):
+                vec = self.encode(cfg)
+                if vec is not None:
+                    self._seen.add(vec.tobytes())
+                yield cfg
+                if vec is not None and self.last is not None:
+                    self._X.append(vec)
+                    self._R.append(self.last)
+            if search.passing is not None or any(r.meets for r in self._R):
+                return
 
     def _random(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` seeded random configs: a random model-wise config, a few ops given another choice
@@ -248,7 +267,7 @@ class BayesianStrategy(Strategy):
             quant = rng.integers(0, n_quant, n)
             quant = np.where(quant >= fp, quant + 1, quant)  # a random quantized choice
             quant = np.where(out[:, j] == fp, quant, out[:, j])  # keep the choice made above unless fp32
-            out[:, j] = np.where(rng.uniform(size=n) < rate, fp, quant)
+            out[:, j] = np.where(rng.uniform(size=n) < rate, self._pref_fb[j], quant)
         return out
 
     def _random_new(self, rng: np.random.Generator) -> Optional[np.ndarray]:
@@ -276,16 +295,17 @@ class BayesianStrategy(Strategy):
             v = anchor.copy()
             if fp >= 0 and anchor[j] == fp:  # quantize it
                 v[j] = pref[j] if pref is not None and pref[j] != fp else (fp + 1) % size
-            elif fp >= 0:
-                v[j] = fp
+            elif fp >= 0:  # fall it back: an int8 op to bf16 where it can, a bf16 op to fp32
+                v[j] = fp if anchor[j] == self._bf16[j] else self._pref_fb[j]
             else:
                 v[j] = (anchor[j] + 1) % size
             moves.append(v)
             w = anchor.copy()
             w[j] = rng.integers(0, size)
             moves.append(w)
-        fallen = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and anchor[j] == self._fp32[j]]
-        quantized = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and anchor[j] != self._fp32[j]]
+        is_fallen = self._fallen(anchor)[0]
+        fallen = [j for j in range(len(self._fp32)) if is_fallen[j]]
+        quantized = [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and not is_fallen[j]]
         for _ in range(min(4 * len(self._ops), 2 * self.max_local_ops)):
             v = anchor.copy()
             if fallen and (not quantized or rng.uniform() < 0.5):  # quantize several fallen ops at once
@@ -298,7 +318,7 @@ class BayesianStrategy(Strategy):
             elif quantized:  # fall back several quantized ops at once
                 k = int(rng.integers(1, min(len(quantized), 4) + 1))
                 for j in rng.choice(quantized, size=k, replace=False):
-                    v[j] = self._fp32[j]
+                    v[j] = self._pref_fb[j]
             moves.append(v)
         return moves
 
@@ -307,8 +327,8 @@ class BayesianStrategy(Strategy):
         out = []
         for a, b in itertools.combinations(anchors, 2):
             v = a.copy()
-            fb = (b[:-1] == self._fp32) & (self._fp32 >= 0)
-            v[:-1][fb] = self._fp32[fb]
+            fb = self._fallen(b)[0]
+            v[:-1][fb] = b[:-1][fb]
             out.append(v)
         return np.asarray(out, dtype=np.int64).reshape(-1, len(self._sizes))
 
@@ -354,8 +374,7 @@ class BayesianStrategy(Strategy):
         return self._grow_slowly(pool)
 
     def _n_fallback(self, vecs: np.ndarray) -> np.ndarray:
-        vecs = np.atleast_2d(vecs)
-        return ((vecs[:, :-1] == self._fp32[None, :]) & (self._fp32[None, :] >= 0)).sum(axis=1)
+        return self._fallen(vecs).sum(axis=1)
 
     def _grow_slowly(self, pool: np.ndarray) -> np.ndarray:
         """Before any config meets the goal, only candidates with at most one fallback more than the
@@ -375,13 +394,14 @@ class BayesianStrategy(Strategy):
         base = self._mw[0]
         ops: List[int] = []
         for a in anchors:
-            ops += [j for j in range(len(self._fp32)) if self._fp32[j] >= 0 and a[j] == self._fp32[j] and j not in ops]
+            fallen = self._fallen(a)[0]
+            ops += [j for j in range(len(self._fp32)) if fallen[j] and j not in ops]
         ops = ops[:self.max_small_set_ops]
         out = []
         for k in (1, 2, 3):
             for combo in itertools.combinations(ops, k):
                 v = base.copy()
-                v[list(combo)] = self._fp32[list(combo)]
+                v[list(combo)] = self._pref_fb[list(combo)]
                 out.append(v)
         return np.asarray(out, dtype=np.int64).reshape(-1, len(self._sizes))
 

@@ -26,6 +26,12 @@ only the pair (or the producer, a pass-through op and the consumer) does. One-op
    quantized while the goal holds. The tuner only asks for these configs when it searches on after a
    passing one (``timeout > 0``); the result is then 1-minimal (no single op can be re-quantized).
 
+**bf16**: a search has one fallback ``dtype``. Where the adaptor offers bf16 for some candidate ops
+(AMX / AVX512-BF16 CPUs), the strategies run the whole search with ``dtype="bf16"`` first (those ops
+fall back to bf16, the others to fp32): bf16 keeps most of an op's accuracy at a fraction of fp32's
+cost. Only if that search ends without meeting the goal does a second one run with fp32 fallback
+(:meth:`TuningSpace.fallback_dtypes`). Without bf16 in the capability nothing changes.
+
 Everything is a deterministic function of the observed results, so a resumed run replays exactly.
 """
 
@@ -67,11 +73,12 @@ class FallbackSearch:
     #: ... and this many times the median change of a one-op probe
     noise_factor: float = 5.0
 
-    def __init__(self, strategy: "Strategy", base: TuneCfg, candidates: Sequence[str]) -> None:
+    def __init__(self, strategy: "Strategy", base: TuneCfg, candidates: Sequence[str], dtype: str = "fp32") -> None:
         self.strategy = strategy
         self.space = strategy.space
         self.base = base
         self.candidates = list(candidates)
+        self.dtype = dtype  # what fallen-back ops run in: fp32, or bf16 where the op offers it
         self.tried: Dict[FrozenSet[str], TrialResult] = {}
         self.single_changes: List[float] = []  # |accuracy change| of each one-op probe on top of nothing
         self.passing: Optional[FrozenSet[str]] = None  # the smallest passing fallback set so far
@@ -116,15 +123,15 @@ class FallbackSearch:
 
     # ------------------------------------------------------------------ one probe
     def probe(self, ops: Iterable[str], phase: str) -> Search:
-        """Try ``base`` with ``ops`` in fp32, unless that set was already tried in this search."""
+        """Try ``base`` with ``ops`` fallen back, unless that set was already tried in this search."""
         key = frozenset(ops)
         if not key or key in self.tried:
             return
-        cfg = self.space.with_fallback(self.base, self.ordered(key))
-        if not quantized_ops(cfg):  # all fp32: the baseline, not a quantized model
+        cfg = self.config(key)
+        if not quantized_ops(cfg):  # nothing int8: the baseline, not a quantized model
             self.tried[key] = TrialResult(math.nan, math.nan, False)
             return
-        self.strategy.next_phase(phase)
+        self.strategy.next_phase(phase if self.dtype == "fp32" else f"{phase} ({self.dtype})")
         yield cfg
         res = self.strategy.last
         self.tried[key] = res if res is not None else TrialResult(math.nan, math.nan, False)
@@ -132,6 +139,10 @@ class FallbackSearch:
             self.single_changes.append(abs(self.tried[key].accuracy - self.base_accuracy))
         if self.tried[key].meets and (self.passing is None or len(key) < len(self.passing)):
             self.passing = key
+
+    def config(self, ops: Iterable[str]) -> TuneCfg:
+        """``base`` with ``ops`` fallen back to this search's dtype."""
+        return self.space.with_fallback(self.base, self.ordered(ops), self.dtype)
 
     def met(self, ops: Iterable[str]) -> bool:
         res = self.tried.get(frozenset(ops))
@@ -263,6 +274,6 @@ class FallbackSearch:
                 break
             kept = grown  # it helped without meeting the goal: rank again on top of it
         if self.passing is not None:
-            log.info("fallback search: %d op(s) in fp32 meet the goal (%s); shrinking while the budget allows",
-                     len(self.passing), ", ".join(self.ordered(self.passing)[:8]))
+            log.info("fallback search: %d op(s) in %s meet the goal (%s); shrinking while the budget allows",
+                     len(self.passing), self.dtype, ", ".join(self.ordered(self.passing)[:8]))
             yield from self.shrink(suspicion)

@@ -18,7 +18,9 @@ The shared fallback search (:mod:`ilit.strategies.fallback`) then falls back the
 add error, cumulatively; if that is not enough, each suspect op together with the ops reading its
 output, then with all its graph neighbours; a group that helps is kept and the errors are measured
 again on top of it. A shrinking pass follows while the budget allows. If inspecting fails, Basic's
-one-op probes rank the ops instead.
+one-op probes rank the ops instead. Where the adaptor offers bf16, the search falls ops back to bf16
+first, and runs again with fp32 fallback only if that did not meet the goal; Basic's one-op probes,
+the last resort when the error ranking was wrong, use fp32.
 """
 
 from __future__ import annotations
@@ -163,9 +165,8 @@ class MSEStrategy(BasicStrategy):
         candidates = self.space.fallback_candidates(base)
         if not candidates:
             return
-        search = FallbackSearch(self, base, candidates)
         try:
-            first = self.error_ranking(search, frozenset())
+            first = self.error_ranking(FallbackSearch(self, base, candidates), frozenset())
         except Exception as exc:  # noqa: BLE001 - a failed inspection must not end the run
             log.warning("mse: inspect_tensor failed (%s: %s); ranking ops by Basic's one-op fallback probe "
                         "instead", type(exc).__name__, exc)
@@ -173,6 +174,20 @@ class MSEStrategy(BasicStrategy):
             return
         log.info("mse: fallback order by added normalized MSE: %s%s", ", ".join(first.order[:8]),
                  " ..." if len(first.order) > 8 else "")
+        for dtype in self.space.fallback_dtypes(candidates):  # bf16 fallback first where the space offers it
+            search = FallbackSearch(self, base, candidates, dtype)
+            yield from search.search(self._ranker(search, first), type_stage=False, consumer_groups=True,
+                                     rerank_after_informative=True)
+            if search.passing is not None or self.any_met():
+                return
+        # the error ranking was wrong about what hurts accuracy: go on as Basic would (fp32 fallback); configs
+        # already tried are replayed from their records, not run again
+        log.info("mse: the error-ranked fallbacks did not meet the goal; probing ops one at a time")
+        yield from self.fallback_search(base, candidates, ["fp32"])
+
+    def _ranker(self, search: FallbackSearch,
+                first: Ranking) -> Callable[[FrozenSet[str]], Generator[TuneCfg, None, Ranking]]:
+        """``rank(kept)`` for ``search``: ``first`` at the start, then the errors measured on top of ``kept``."""
         rankings = iter([first])
 
         def rank(kept: FrozenSet[str]) -> Generator[TuneCfg, None, Ranking]:
@@ -192,17 +207,11 @@ class MSEStrategy(BasicStrategy):
                 ranking = yield from self.probe_ranking(search, kept)
             return ranking
 
-        yield from search.search(rank, type_stage=False, consumer_groups=True, rerank_after_informative=True)
-        if search.passing is None and not self.any_met():
-            # the error ranking was wrong about what hurts accuracy: go on as Basic would; configs
-            # already tried are replayed from their records, not run again
-            log.info("mse: the error-ranked fallbacks did not meet the goal; probing ops one at a time")
-            yield from self.fallback_search(base, candidates)
+        return rank
 
     def error_ranking(self, search: FallbackSearch, kept: FrozenSet[str]) -> Ranking:
         """Rank the candidates not in ``kept`` by the error they add or read, with ``kept`` in fp32."""
-        cfg = self.space.with_fallback(search.base, search.ordered(kept))
-        errors = self.measure_errors(cfg)
+        errors = self.measure_errors(search.config(kept))
         producers = self.space.producers
         added = added_error(self.space.ops, errors, producers)
         log.debug("mse: normalized MSE per op (kept %s): %s", sorted(kept),
