@@ -149,7 +149,7 @@ def test_a_bf16_fallback_op_has_bf16_weights_and_matches_fp32_by_hand(trained_cn
     assert abs(accuracy(q, digits[1]) - accuracy(q32, digits[1])) <= 0.02
 
 
-def test_dynamic_quantization_runs_a_bf16_fallback_linear_in_bf16(digits, bf16_on):
+def test_dynamic_quantization_runs_a_bf16_fallback_linear_in_bf16(digits, bf16_on, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     adaptor = make_adaptor({"quantization": {"approach": "post_training_dynamic_quant"}})
@@ -163,6 +163,11 @@ def test_dynamic_quantization_runs_a_bf16_fallback_linear_in_bf16(digits, bf16_o
     w, b = model[3].weight.detach(), model[3].bias.detach()
     by_hand = nn.functional.linear(inp.bfloat16(), w.bfloat16(), b.bfloat16()).float()
     assert torch.allclose(out, by_hand, rtol=1e-2, atol=1e-2 * by_hand.abs().max().item())
+    adaptor.save(q, str(tmp_path / "dyn"))
+    loaded = adaptor.load(str(tmp_path / "dyn"), model=model)
+    assert isinstance(loaded.get_submodule("3"), BF16Module)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q(x))
 
 
 def _config(tmp_path, strategy):
@@ -197,7 +202,9 @@ def test_tune_falls_an_op_that_cannot_stay_int8_back_to_bf16(trained_cnn, digits
     assert "bf16 fallback" in tuner.summary()
     with open(tuner.history_path) as f:
         assert '"dtype": "bf16"' in f.read()
-    loaded = tuner.adaptor.load(str(tmp_path / "ws" / "best_model"))
+    loaded = tuner.adaptor.load(str(tmp_path / "ws" / "best_model"), model=trained_cnn)  # rebuilt, then filled
+    assert isinstance(loaded.get_submodule("fc2"), BF16Module)
+    assert loaded.get_submodule("fc2.m").weight.dtype == torch.bfloat16
     x = digits[1][0][0]
     with torch.no_grad():
         assert torch.equal(loaded(x), q(x))
