@@ -168,6 +168,20 @@ def test_pt2e_round_trip_restores_the_baked_activation_qparams(algorithm, granul
 
 
 @needs_torchao
+def test_export_torchscript_refuses_a_pt2e_model_and_says_how_to_deploy_it(digits, tmp_path, monkeypatch):
+    from ilit_pytorch import export_torchscript
+
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "pt2e")
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    adaptor = make_adaptor()
+    q = adaptor.quantize(uniform_cfg(adaptor, model), model, digits[0])
+    with pytest.raises(TypeError, match="torch.export.save"):
+        export_torchscript(q, str(tmp_path / "q.pt"), example=digits[1][0][0])
+    assert q._compiled is None and not (tmp_path / "q.pt").exists()
+
+
+@needs_torchao
 def test_pt2e_smoothquant_round_trip_is_exact(outlier_transformer, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "pt2e")
     adaptor = make_adaptor()

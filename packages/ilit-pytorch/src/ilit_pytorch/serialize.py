@@ -89,6 +89,12 @@ def export_torchscript(model: nn.Module, file: str, example: Optional[Any] = Non
     """Write ``model`` as a TorchScript archive for deployment (scripted; traced on ``example`` if scripting
     fails); return ``"torchscript"`` or ``"torchscript-trace"``. ilit never reads such a file back by itself:
     loading one runs code (see :func:`load_torchscript_executing_code`)."""
+    from .backend import PT2EModel
+
+    if isinstance(model, PT2EModel):  # tracing the wrapper would compile it; its graph holds torchao ops
+        raise TypeError("a PT2E model is deployed as its graph: torch.export.export(model.graph_module, args) and "
+                        "torch.export.save (or call the model, which compiles it with Inductor); "
+                        "export_torchscript takes FX and eager models")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
