@@ -6,16 +6,18 @@ where it has no native bf16) and with ``ILIT_PYTORCH_BF16=1``, which forces the 
 (torch emulates bf16 there: slower, the same numbers), so something always asserts.
 """
 
+import copy
+
 import pytest
 import torch
 import yaml
 from torch import nn
 
-from conftest import accuracy, make_adaptor, space_for, uniform_cfg
+from conftest import TinyTransformer, accuracy, make_adaptor, space_for, uniform_cfg
 
 import ilit
 from ilit.tune_cfg import bf16_ops, describe, fallback_ops
-from ilit_pytorch import bf16
+from ilit_pytorch import backend, bf16
 from ilit_pytorch.bf16 import BF16Module
 
 AMX = ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni "
@@ -208,3 +210,59 @@ def test_tune_falls_an_op_that_cannot_stay_int8_back_to_bf16(trained_cnn, digits
     x = digits[1][0][0]
     with torch.no_grad():
         assert torch.equal(loaded(x), q(x))
+
+
+# ----------------------------------------------------------------------------- PT2E
+def _bf16_copy(model):
+    """``model`` with every Linear run in bf16 by hand (eager, no graph): what an all-bf16 config must compute."""
+    out = copy.deepcopy(model)
+    for name, m in list(out.named_modules()):
+        if type(m) is nn.Linear:
+            parent, _, leaf = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, leaf, BF16Module(m))
+    return out
+
+
+@pytest.mark.skipif(backend.pt2e_missing() is not None,
+                    reason="torchao is not installed (pip install 'ilit-pytorch[pt2e]')")
+def test_pt2e_runs_bf16_fallback_linears_in_bf16(digits, bf16_on, monkeypatch, tmp_path):
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "pt2e")
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    adaptor = make_adaptor()
+    assert adaptor.backend_name == "pt2e"
+    linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
+    assert _offered(adaptor.query_fw_capability(model)) == linears
+    space = space_for(adaptor, model)
+    cfg = space.with_fallback(uniform_cfg(adaptor, model), ["blocks.0.q", "head"], dtype="bf16")
+    q = adaptor.quantize(cfg, model, digits[0])
+    assert isinstance(q, backend.PT2EModel) and q._compiled is None
+    gm = q.graph_module
+    seen = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.linear.default:
+            path = list(node.meta["nn_module_stack"].values())[-1][0]
+            w = node.args[1]
+            if w.op == "get_attr":
+                seen[path] = gm.get_submodule(w.target.rpartition(".")[0]).get_parameter(
+                    w.target.rpartition(".")[2]).dtype
+                cast_in, (cast_out,) = node.args[0], node.users
+                assert cast_in.target == cast_out.target == torch.ops.aten._to_copy.default
+                assert cast_in.kwargs["dtype"] == torch.bfloat16 and cast_out.kwargs["dtype"] == torch.float32
+            else:
+                seen[path] = "int8" if "dequantize" in str(w.target) else w.op
+    assert seen == {n: (torch.bfloat16 if n in ("blocks.0.q", "head") else "int8") for n in linears}
+    for p in model.parameters():
+        assert p.dtype == torch.float32  # the user's model is untouched
+    adaptor.save(q, str(tmp_path / "pt2e"))  # data only: rebuilt from the FP32 model, bf16 nodes included
+    loaded = adaptor.load(str(tmp_path / "pt2e"), model=model)
+    x = digits[1][0][0]
+    with torch.no_grad():
+        assert torch.equal(loaded.graph_module(x), gm(x))
+    # every Linear in bf16: the graph computes the model run in bf16 by hand, close to but not exactly fp32
+    all_bf16 = adaptor.quantize(space.with_fallback(cfg, sorted(linears), dtype="bf16"), model, digits[0])
+    with torch.no_grad():
+        got, by_hand, fp32 = all_bf16.graph_module(x), _bf16_copy(model)(x), model(x)
+    scale = fp32.abs().max().item()
+    assert torch.allclose(got, by_hand, atol=1e-2 * scale)
+    assert 0 < (got - fp32).abs().max().item() <= 5e-2 * scale

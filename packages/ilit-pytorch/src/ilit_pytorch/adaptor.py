@@ -180,7 +180,7 @@ class PyTorchAdaptor(Adaptor):
                 if op.weighted:
                     cap["weight"] = dict(WEIGHT_CAPABILITY)
                 ops[(op.name, op.op_type)] = cap
-        if approach in (STATIC, DYNAMIC) and not self._pt2e(approach) and bf16.bf16_enabled():
+        if approach in (STATIC, DYNAMIC) and bf16.bf16_enabled():
             ops = bf16.offer_bf16(ops)  # Linear/conv may fall back to bf16 (AMX / AVX512-BF16; see bf16.py)
         if approach != QAT and not self._pt2e(approach):
             emb = {(name, type(m).__name__): {"weight": dict(EMBEDDING_WEIGHT), "activation": dict(act)}
@@ -228,13 +228,14 @@ class PyTorchAdaptor(Adaptor):
         return self._bf16(tune_cfg, self._embeddings(tune_cfg, q))
 
     def _bf16(self, tune_cfg: TuneCfg, q: nn.Module) -> nn.Module:
-        """Run the config's bf16 fallback ops in bfloat16 (in the new model ``q``; FX and dynamic models)."""
+        """Run the config's bf16 fallback ops in bfloat16 (in the new model ``q``: modules of FX and dynamic models,
+        graph nodes of PT2E ones)."""
         names = bf16_ops(tune_cfg)
-        if names and not isinstance(q, backend.PT2EModel):
+        if names and isinstance(q, backend.PT2EModel):
+            bf16.convert_graph(q.graph_module, names)
+        elif names:
             bf16.convert(q, names)
             keep_off_fast_path(q)
-        elif names:
-            log.warning("pytorch adaptor: the PT2E backend has no bf16 fallback; %d op(s) stay fp32", len(names))
         return q
 
     def _embeddings(self, tune_cfg: TuneCfg, q: nn.Module) -> nn.Module:

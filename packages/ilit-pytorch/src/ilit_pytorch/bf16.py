@@ -5,7 +5,9 @@ kernels natively, so an op that cannot stay INT8 may fall back to bf16 instead o
 torch emulates bf16 (slower than fp32), so the capability offers it only where the ISA has it, detected
 from ``/proc/cpuinfo`` as ``reduce_range`` is; ``ILIT_PYTORCH_BF16=1`` (or ``0``) forces the choice,
 e.g. to build models for another CPU. A bf16 op is its module converted to bfloat16 inside
-:class:`BF16Module`, which casts its input to bf16 and its output back, so the ops around it are unchanged.
+:class:`BF16Module`, which casts its input to bf16 and its output back, so the ops around it are unchanged
+(FX and dynamic models); in a PT2E graph, its ``aten.linear``/``aten.conv2d`` node gets bf16 weights and the
+same casts (:func:`convert_graph`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ilit.logs import get_logger
 from . import backend
 
 __all__ = ["BF16_FLAGS", "ENV", "cpu_flags", "isa_has_bf16", "cpu_has_bf16", "bf16_enabled", "offers_bf16",
-           "offer_bf16", "BF16Module", "convert"]
+           "offer_bf16", "BF16Module", "convert", "convert_graph"]
 
 log = get_logger(__name__)
 
@@ -127,3 +129,45 @@ def convert(model: nn.Module, names: Iterable[str]) -> List[str]:
         setattr(model.get_submodule(parent) if parent else model, last, BF16Module(module))
         done.append(name)
     return done
+
+
+_GRAPH_OPS = ("linear", "conv1d", "conv2d", "conv3d")
+
+
+def convert_graph(gm: Any, names: Iterable[str]) -> List[str]:
+    """Run the named fallback ops of a converted PT2E graph (``torch.fx.GraphModule``, changed in place) in bf16:
+    each float ``aten.linear``/``aten.convNd`` node of those modules (found by its ``nn_module_stack``) gets its
+    weight and bias as bf16 tensors, its input cast to bf16 and its output cast back to fp32. Returns the ops
+    converted; one whose node is not float (quantized, or not found) stays as it is, with a warning."""
+    aten = torch.ops.aten
+    targets = {getattr(aten, op).default for op in _GRAPH_OPS}
+    wanted = set(names)
+    done: List[str] = []
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in targets or not node.meta.get("nn_module_stack"):
+            continue
+        path = list(node.meta["nn_module_stack"].values())[-1][0]
+        params = [a for a in node.args[1:3] if isinstance(a, torch.fx.Node)]
+        if path not in wanted or not params or any(p.op != "get_attr" for p in params):
+            continue  # a quantized op reads a dequantized weight: leave it
+        for p in params:
+            owner, _, leaf = p.target.rpartition(".")
+            module = gm.get_submodule(owner) if owner else gm
+            value = getattr(module, leaf)
+            setattr(module, leaf, nn.Parameter(value.detach().to(torch.bfloat16), requires_grad=False)
+                    if isinstance(value, nn.Parameter) else value.to(torch.bfloat16))
+        with graph.inserting_before(node):
+            cast_in = graph.call_function(aten._to_copy.default, (node.args[0],), {"dtype": torch.bfloat16})
+        node.args = (cast_in, *node.args[1:])
+        with graph.inserting_after(node):
+            cast_out = graph.call_function(aten._to_copy.default, (node,), {"dtype": torch.float32})
+        node.replace_all_uses_with(cast_out, delete_user_cb=lambda user: user is not cast_out)
+        done.append(path)
+    missing = [n for n in wanted if n not in done]
+    if missing:
+        log.warning("pytorch adaptor: bf16 op(s) %s have no float linear/conv node in the PT2E graph; they stay as "
+                    "they are", ", ".join(sorted(missing)[:8]))
+    graph.lint()
+    gm.recompile()
+    return sorted(set(done), key=done.index)
