@@ -201,3 +201,16 @@ def test_bf16_history_resumes_exactly_and_the_model_saves_and_loads(tmp_path):
     loaded = adaptor.load(str(tmp_path / "saved"))
     assert [layer.bf16 for layer in loaded.layers] == [layer.bf16 for layer in q.layers]
     assert np.array_equal(loaded(data[0][0]), q(data[0][0]))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_with_a_budget_the_fp32_result_puts_back_in_bf16_what_bf16_can_hold(tmp_path, strategy):
+    model, data = fragile_chain(True, fragile_bf16=(5,))  # op2 is fine in bf16, op5 needs fp32
+    first, _ = tune(model, data, toy_conf(tmp_path / "first", strategy, max_trials=60))
+    assert not bf16_ops(first.best_trial.tune_cfg)  # timeout 0: the first passing config, all fp32
+    budget, q = tune(model, data, toy_conf(tmp_path / "budget", strategy, max_trials=60, timeout=3600))
+    best = budget.best_trial.tune_cfg
+    assert bf16_ops(best) == ["op2"] and fallback_ops(best) == ["op2", "op5"]
+    passing = [t for t in budget.history.trials if t.meets]
+    assert not bf16_ops(passing[0].tune_cfg)  # found in fp32 first, then op2 moved to bf16
+    assert q.layers[2].bf16 and not q.layers[5].bf16 and not q.layers[5].quantized

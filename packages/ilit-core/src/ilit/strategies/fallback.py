@@ -30,7 +30,10 @@ only the pair (or the producer, a pass-through op and the consumer) does. One-op
 (AMX / AVX512-BF16 CPUs), the strategies run the whole search with ``dtype="bf16"`` first (those ops
 fall back to bf16, the others to fp32): bf16 keeps most of an op's accuracy at a fraction of fp32's
 cost. Only if that search ends without meeting the goal does a second one run with fp32 fallback
-(:meth:`TuningSpace.fallback_dtypes`). Without bf16 in the capability nothing changes.
+(:meth:`TuningSpace.fallback_dtypes`). That one keeps its ops in fp32; after its shrinking pass, while the
+budget allows (``timeout > 0``), each of them that offers bf16 is tried in bf16 in turn and stays there
+while the goal holds (``to_bf16``), so the result mixes the two where bf16 is enough for some ops only.
+Without bf16 in the capability nothing changes.
 
 Everything is a deterministic function of the observed results, so a resumed run replays exactly.
 """
@@ -277,3 +280,17 @@ class FallbackSearch:
             log.info("fallback search: %d op(s) in %s meet the goal (%s); shrinking while the budget allows",
                      len(self.passing), self.dtype, ", ".join(self.ordered(self.passing)[:8]))
             yield from self.shrink(suspicion)
+            yield from self.to_bf16()
+
+    def to_bf16(self) -> Search:
+        """After an fp32 search met the goal: each op of the passing set that may run in bf16, last op first, in
+        bf16 while the goal holds (configs the tuner asks for only when it searches on, like the shrink's)."""
+        if self.passing is None or self.dtype != "fp32":
+            return
+        cfg = self.config(self.passing)
+        for op in reversed([op for op in self.ordered(self.passing) if self.space.can_bf16(op)]):
+            trial = self.space.with_fallback(cfg, [op], "bf16")
+            self.strategy.next_phase("bf16 for fp32 ops")
+            yield trial
+            if self.strategy.last is not None and self.strategy.last.meets:
+                cfg = trial
