@@ -237,20 +237,35 @@ class PreLNBlock(nn.Module):
         return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
 
 
-class TinyTransformer(nn.Module):
-    """Digits as a sequence of 8 rows of 8 pixels: a Linear embedding, pre-LN blocks, a LayerNorm and a head."""
+class PostLNBlock(PreLNBlock):
+    """A post-LayerNorm (BERT) block: each LayerNorm's output feeds the next Linears and the residual add."""
 
-    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 4) -> None:
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = (f(x).reshape(n, t, self.heads, d // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, -1)
+        x = self.ln1(x + self.out((att @ v).transpose(1, 2).reshape(n, t, d)))
+        return self.ln2(x + self.fc2(torch.nn.functional.gelu(self.fc1(x))))
+
+
+class TinyTransformer(nn.Module):
+    """Digits as a sequence of 8 rows of 8 pixels: a Linear embedding, pre-LN blocks, a LayerNorm and a head.
+    ``post_ln``: BERT's layout instead, the LayerNorm after the embedding and post-LN blocks."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 4, post_ln: bool = False) -> None:
         super().__init__()
+        self.post_ln = post_ln
         self.embed = nn.Linear(8, dim)
         self.pos = nn.Parameter(torch.zeros(1, 8, dim))
-        self.blocks = nn.Sequential(*[PreLNBlock(dim, heads) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[(PostLNBlock if post_ln else PreLNBlock)(dim, heads) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 10)
 
     def forward(self, x):
-        h = self.blocks(self.embed(x.reshape(x.shape[0], 8, 8)) + self.pos)
-        return self.head(self.norm(h).mean(1))
+        h = self.embed(x.reshape(x.shape[0], 8, 8)) + self.pos
+        if self.post_ln:
+            return self.head(self.blocks(self.norm(h)).mean(1))
+        return self.head(self.norm(self.blocks(h)).mean(1))
 
 
 def inject_outliers(model: nn.Module, factor: float = 60.0, channels: int = 3, seed: int = 0) -> nn.Module:
@@ -268,6 +283,38 @@ def inject_outliers(model: nn.Module, factor: float = 60.0, channels: int = 3, s
                 for lin in readers:
                     lin.weight[:, idx] /= factor
     return model
+
+
+def inject_post_ln_outliers(model: nn.Module, offset: float = 40.0, channels: int = 3, seed: int = 0) -> nn.Module:
+    """A post-LN TinyTransformer's LayerNorm outputs get a few channels shifted by ``offset`` (BERT's systematic
+    outlier dimensions), with the same FP32 function: the Linears reading them subtract ``W[:, j] * offset`` from
+    their bias, and the sublayer added to them on the residual (or the head, after the last) ``offset``."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = list(model.blocks)
+    # (LayerNorm, the Linears reading it, the Linear whose output is added to it on the residual)
+    pairs = [(model.norm, (blocks[0].q, blocks[0].k, blocks[0].v), blocks[0].out)]
+    for i, b in enumerate(blocks):
+        pairs.append((b.ln1, (b.fc1,), b.fc2))
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+        pairs.append((b.ln2, (nxt.q, nxt.k, nxt.v) if nxt else (model.head,), nxt.out if nxt else None))
+    with torch.no_grad():
+        for ln, readers, residual in pairs:
+            idx = torch.randperm(ln.bias.numel(), generator=g)[:channels]
+            ln.bias[idx] += offset
+            for lin in readers:
+                lin.bias -= lin.weight[:, idx].sum(1) * offset
+            if residual is not None:
+                residual.bias[idx] -= offset
+    return model
+
+
+@pytest.fixture(scope="session")
+def post_ln_transformer(digits):
+    """A post-LN (BERT-layout) TinyTransformer trained on digits, then given LayerNorm output outliers (same FP32
+    function); every LayerNorm also feeds a residual add, so SmoothQuant needs its explicit scales."""
+    torch.manual_seed(0)
+    model = train(TinyTransformer(post_ln=True), digits[0], epochs=5, lr=5e-3)
+    return inject_post_ln_outliers(model, offset=300.0, channels=8)
 
 
 @pytest.fixture(scope="session")

@@ -190,9 +190,9 @@ class PyTorchAdaptor(Adaptor):
         if approach != DYNAMIC and not self._pt2e(approach):
             # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
             result["edges"] = [list(e) for e in analysis.edges]
-        # offered where a LayerNorm feeds Linears (transformers): CNN heads keep their 24 model-wise configs
+        # offered where a LayerNorm feeds Linears (pre- and post-LN transformers): CNNs keep their 24 model-wise configs
         groups = smoothquant.find_groups(model, self.analysis(model, False)) if approach == STATIC else []
-        if any(g.kind == "layernorm" for g in groups):
+        if smoothquant.offered(groups):
             result["recipes"] = {smoothquant.RECIPE: {"alpha": list(smoothquant.ALPHAS)}}
         return result
 
@@ -563,7 +563,8 @@ class PyTorchAdaptor(Adaptor):
         else:
             modules = dict(model.named_modules())
             for name in op_list:
-                module = modules.get(name) or modules.get(f"{name}.m")
+                # a leaf unit or a SmoothedLinear holds the op as .m (a converted graph keeps only a bare parent)
+                module = modules.get(f"{name}.m") or modules.get(name)
                 if module is None:
                     continue
 

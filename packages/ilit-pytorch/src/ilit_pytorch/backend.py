@@ -251,9 +251,42 @@ def prepare(module: nn.Module, entries: Iterable[Tuple[Any, ...]], example_input
         ctx.__exit__(None, None, None)
 
 
+def float_boundary(x: torch.Tensor) -> torch.Tensor:
+    """Identity: put between a float op and the quantize of one of its users, so FX keeps the op in float."""
+    return x
+
+
+def _keep_float_outputs(prepared: GraphModule) -> None:
+    """Keep a LayerNorm (or another op FX lowers by pattern) float when it also feeds a float op.
+
+    FX's lowering swaps ``dequantize -> LayerNorm -> quantize`` for a quantized LayerNorm without checking the
+    LayerNorm's other users (torch's own TODO), which then get an int8 tensor: a post-LN block whose Linear
+    falls back (or reads it through SmoothQuant's InputScale) would fail. A :func:`float_boundary` before the
+    observers breaks that pattern; the LayerNorm then runs in float and its quantized users quantize its output.
+    """
+    from torch.ao.quantization.fx._lower_to_native_backend import SPECIAL_PATTERN_LOWER_MODULE_MAP
+
+    modules = dict(prepared.named_modules(remove_duplicate=False))
+    changed = False
+    for node in list(prepared.graph.nodes):
+        if node.op != "call_module" or type(modules.get(node.target)) not in SPECIAL_PATTERN_LOWER_MODULE_MAP:
+            continue
+        observed = [u for u in node.users if u.op == "call_module" and isinstance(modules.get(u.target), (ObserverBase, FakeQuantize))]
+        if not observed or len(observed) == len(node.users):
+            continue
+        with prepared.graph.inserting_after(node):
+            boundary = prepared.graph.call_function(float_boundary, (node,))
+        for user in observed:
+            user.replace_input_with(node, boundary)
+        changed = True
+    if changed:
+        prepared.recompile()
+
+
 def convert(prepared: GraphModule) -> GraphModule:
     """Lower a calibrated (or trained) prepared model to quantized kernels."""
     select_engine()
+    _keep_float_outputs(prepared)
     ctx = _quiet()
     try:
         converted = convert_fx(prepared, backend_config=backend_config())

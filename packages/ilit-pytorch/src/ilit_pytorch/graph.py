@@ -137,7 +137,7 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
             op_type = backend.weighted_op_type(modules[node.target])
             if op_type is None:
                 continue
-            local = "" if leaf else node.target
+            local = "" if leaf else _op_path(work, node.target)
             name = qualify(prefix, local)
             if name not in unit.ops:
                 unit.ops[name] = Op(name, op_type, node.name, weighted=True, out=node.name)
@@ -159,6 +159,17 @@ def _unit(prefix: str, module: nn.Module, leaf: bool, is_qat: bool) -> Unit:
                                 out=_through_relu(node, modules).name)
     unit.edges = _op_edges(fused, unit.ops)
     return unit
+
+
+def _op_path(module: nn.Module, target: str) -> str:
+    """The op name of the module at ``target``: its parent's path when the parent names it as its op
+    (``ilit_op_alias``, e.g. SmoothQuant's SmoothedLinear holding the Linear as ``.m``)."""
+    parent, _, last = target.rpartition(".")
+    try:
+        holder = get_submodule(module, parent)
+    except AttributeError:
+        return target
+    return parent if parent and getattr(holder, "ilit_op_alias", None) == last else target
 
 
 def _op_edges(gm: GraphModule, ops: Dict[str, Op]) -> List[Tuple[str, str]]:

@@ -5,9 +5,14 @@ one per-tensor INT8 scale cannot hold them. For a Linear ``y = x W^T`` a per-inp
 ``s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha)`` gives the same ``y = (x / s) (W s)^T`` with ``x / s``
 much flatter (Xiao et al., 2022). ``1/s`` is folded into the op producing ``x`` -- a LayerNorm
 (weight and bias) or a Linear (its output rows) -- when that op's output reaches only Linears (through
-dropout/identity), so the migrated model is the same FP32 function with no extra op. Linears whose
-input has no such producer (a residual sum, a post-LN BERT block whose LayerNorm also feeds the
-residual) are left as they are: an explicit ``x * (1/s)`` op is not implemented (README, "Not done").
+dropout/identity), so the migrated model is the same FP32 function with no extra op.
+
+Where a LayerNorm's output also reaches something else (a post-LN BERT block: the LayerNorm feeds the
+next block's Linears and its residual add), nothing can absorb ``1/s``: each Linear reading it is
+wrapped in :class:`SmoothedLinear`, which multiplies the input by ``1/s`` (:class:`InputScale`, an FP32
+mul that runs before the Linear's quantize) and holds the Linear, weight times ``s``, as ``.m``. The op
+keeps the Linear's name. The scales are buffers, so they are in the state dict a saved model keeps.
+Linears reading anything else (a residual sum, an activation, an attention context) are not smoothed.
 
 The recipe is recorded in the tune_cfg as ``{"recipes": {"smooth_quant": {"alpha": 0.5}}}``
 (see ``ilit.tune_cfg``); a tune_cfg without ``recipes`` means no recipe.
@@ -26,10 +31,11 @@ from torch.fx import Node
 from ilit.logs import get_logger
 
 from .calibration import batch_inputs, call_model
-from .graph import Analysis, get_submodule, qualify
+from .graph import Analysis, get_submodule, qualify, set_submodule
 from .modes import restored_modes
 
-__all__ = ["RECIPE", "ALPHAS", "Group", "find_groups", "smooth", "alpha_of", "input_absmax"]
+__all__ = ["RECIPE", "ALPHAS", "Group", "InputScale", "SmoothedLinear", "find_groups", "smooth", "alpha_of",
+           "input_absmax", "offered"]
 
 log = get_logger(__name__)
 
@@ -44,8 +50,40 @@ class Group:
     """Linears reading one producer's output, and that producer (a LayerNorm or a Linear): migrated together."""
 
     producer: str
-    kind: str  # "layernorm" or "linear"
+    kind: str  # "layernorm" or "linear" (1/s folded into it), or "explicit" (an InputScale before each Linear)
     linears: List[str]
+
+
+class InputScale(nn.Module):
+    """Multiplies its input by a per-channel ``scale`` (SmoothQuant's ``1/s``) where no op can absorb it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class SmoothedLinear(nn.Module):
+    """A Linear (``m``, weight multiplied by ``s``) reading its input through an :class:`InputScale` (``1/s``):
+    the same FP32 function; the quantized Linear sees the smoothed input. ilit names the op as the Linear."""
+
+    #: the child that is the op: the analysis reports ``<this module>.m`` under this module's own name
+    ilit_op_alias = "m"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.scale = InputScale(linear.in_features)
+        self.m = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(self.scale(x))
+
+
+def offered(groups: Sequence[Group]) -> bool:
+    """Whether SmoothQuant has anything to do: a LayerNorm feeds Linears (folded or with explicit scales)."""
+    return any(g.kind in ("layernorm", "explicit") for g in groups)
 
 
 def alpha_of(tune_cfg: Mapping[str, Any]) -> Optional[float]:
@@ -81,6 +119,20 @@ def _consumers(node: Node, modules: Mapping[str, nn.Module]) -> Optional[List[No
     return out
 
 
+def _linear_readers(node: Node, modules: Mapping[str, nn.Module]) -> List[Node]:
+    """The Linear nodes reading ``node``'s output as their only argument (through dropout/identity); other
+    users are ignored."""
+    out: List[Node] = []
+    for user in node.users:
+        mod = modules.get(user.target) if user.op == "call_module" else None
+        if mod is not None and _plain_linear(mod) is not None and user.args and user.args[0] is node \
+                and len(user.args) == 1 and not user.kwargs:
+            out.append(user)
+        elif mod is not None and isinstance(mod, _PASSTHROUGH):
+            out += _linear_readers(user, modules)
+    return out
+
+
 def _same_linear(fused: Optional[nn.Linear], model: nn.Module, name: str) -> bool:
     """Whether the fused graph's Linear is the model's own at ``name`` (not a copy with a batch-norm folded in)."""
     try:
@@ -91,8 +143,10 @@ def _same_linear(fused: Optional[nn.Linear], model: nn.Module, name: str) -> boo
 
 
 def find_groups(model: nn.Module, analysis: Analysis) -> List[Group]:
-    """Every LayerNorm/Linear of ``model`` whose output only feeds Linears, with those Linears (model-level names)."""
+    """Every LayerNorm/Linear of ``model`` whose output only feeds Linears, with those Linears (model-level names),
+    then every LayerNorm whose output feeds Linears and something else (``explicit``: nothing absorbs 1/s)."""
     groups: List[Group] = []
+    explicit: List[Group] = []
     for unit in analysis.units:
         if unit.leaf:
             continue
@@ -109,12 +163,21 @@ def find_groups(model: nn.Module, analysis: Analysis) -> List[Group]:
             else:
                 continue
             users = _consumers(node, modules)
+            if users is None and kind == "layernorm":
+                users = _linear_readers(node, modules)
+                kind = "explicit"
             if not users:
                 continue
             names = [qualify(unit.prefix, u.target) for u in users]
             if all(_same_linear(_plain_linear(modules[u.target]), model, n) or
                    type(model.get_submodule(n)) is nn.Linear for u, n in zip(users, names)):
-                groups.append(Group(name, kind, names))
+                (explicit if kind == "explicit" else groups).append(Group(name, kind, names))
+    folded = {n for g in groups for n in g.linears}  # a Linear is migrated once: folding wins
+    for g in explicit:
+        names = [n for n in g.linears if n not in folded]
+        if names:
+            groups.append(Group(g.producer, g.kind, names))
+            folded |= set(names)
     return groups
 
 
@@ -161,7 +224,12 @@ def smooth(model: nn.Module, groups: Sequence[Group], absmax: Mapping[str, torch
         with torch.no_grad():
             for lin in linears:
                 lin.weight.mul_(s.to(lin.weight.dtype))  # type: ignore[union-attr]
-            if g.kind == "layernorm":
+            if g.kind == "explicit":
+                for name, lin in zip(g.linears, linears):
+                    wrapped = SmoothedLinear(lin)  # type: ignore[arg-type]
+                    wrapped.scale.scale.copy_(1 / s)
+                    set_submodule(out, name, wrapped)
+            elif g.kind == "layernorm":
                 if producer.weight is None:  # no affine parameters: give it some (1 / s, 0)
                     producer.weight = nn.Parameter(torch.ones_like(s))
                     producer.bias = nn.Parameter(torch.zeros_like(s))
