@@ -271,7 +271,8 @@ def _keep_float_outputs(prepared: GraphModule) -> None:
     for node in list(prepared.graph.nodes):
         if node.op != "call_module" or type(modules.get(node.target)) not in SPECIAL_PATTERN_LOWER_MODULE_MAP:
             continue
-        observed = [u for u in node.users if u.op == "call_module" and isinstance(modules.get(u.target), (ObserverBase, FakeQuantize))]
+        observed = [u for u in node.users
+                    if u.op == "call_module" and isinstance(modules.get(u.target), (ObserverBase, FakeQuantize))]
         if not observed or len(observed) == len(node.users):
             continue
         with prepared.graph.inserting_after(node):
