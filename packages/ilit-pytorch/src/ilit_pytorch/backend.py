@@ -251,6 +251,9 @@ def prepare(module: nn.Module, entries: Iterable[Tuple[Any, ...]], example_input
         ctx.__exit__(None, None, None)
 
 
+_META = ("size", "dim")
+
+
 def float_boundary(x: torch.Tensor) -> torch.Tensor:
     """Identity: put between a float op and the quantize of one of its users, so FX keeps the op in float."""
     return x
@@ -273,7 +276,10 @@ def _keep_float_outputs(prepared: GraphModule) -> None:
             continue
         observed = [u for u in node.users
                     if u.op == "call_module" and isinstance(modules.get(u.target), (ObserverBase, FakeQuantize))]
-        if not observed or len(observed) == len(node.users):
+        # reading .shape / .size() / .dim() works on an int8 tensor too: only users of the values count
+        floats = [u for u in node.users if u not in observed and not (
+            (u.op == "call_function" and u.target is getattr) or (u.op == "call_method" and u.target in _META))]
+        if not observed or not floats:
             continue
         with prepared.graph.inserting_after(node):
             boundary = prepared.graph.call_function(float_boundary, (node,))
