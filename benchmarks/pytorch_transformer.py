@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import ilit
+from ilit.tune_cfg import is_quantized
 
 warnings.filterwarnings("ignore")
 
@@ -234,7 +235,7 @@ def accuracy(args: argparse.Namespace) -> None:
                                          for t in trials))
         if q is not None and tuner.best_trial is not None:
             cfg = tuner.best_trial.tune_cfg
-            int8 = [n for n in linears if n in cfg["ops"] and cfg["ops"][n]["activation"]["dtype"] != "fp32"]
+            int8 = [n for n in linears if n in cfg["ops"] and is_quantized(cfg["ops"][n])]  # not fp32, not bf16
             print(f"  returned: top-1 {_accuracy(q, test):.4f} ({(_accuracy(q, test) / fp32 - 1) * 100:+.2f}%), "
                   f"{len(int8)}/{len(linears)} Linear layers INT8 ({100 * len(int8) / len(linears):.0f}%), "
                   f"recipe {cfg.get('recipes', 'none')}")

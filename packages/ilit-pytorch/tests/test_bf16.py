@@ -172,6 +172,18 @@ def test_dynamic_quantization_runs_a_bf16_fallback_linear_in_bf16(digits, bf16_o
         assert torch.equal(loaded(x), q(x))
 
 
+def test_bf16_module_dequantizes_a_quantized_input():
+    """FX can leave a fallback Linear's input quantized (a LayerNorm shared with int8 q/k Linears): bf16 takes it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 4)
+    x = torch.randn(8, 16)
+    qx = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)
+    with torch.no_grad():
+        out = BF16Module(copy.deepcopy(lin))(qx)
+        by_hand = nn.functional.linear(qx.dequantize().bfloat16(), lin.weight.bfloat16(), lin.bias.bfloat16()).float()
+    assert out.dtype == torch.float32 and torch.equal(out, by_hand)
+
+
 def _config(tmp_path, strategy):
     conf = {
         "framework": {"name": "pytorch"},

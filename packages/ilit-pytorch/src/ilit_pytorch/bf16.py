@@ -93,14 +93,16 @@ def offer_bf16(ops: Mapping[Tuple[str, str], Dict[str, Any]]) -> Dict[Tuple[str,
 
 
 class BF16Module(nn.Module):
-    """Runs ``m`` (converted to bfloat16) on a bf16 copy of its float input and returns the output in the
-    input's dtype, so the graph around it is unchanged."""
+    """Runs ``m`` (converted to bfloat16) on a bf16 copy of its input (dequantized first if it is quantized) and
+    returns the output in the input's float dtype, so the graph around it is unchanged."""
 
     def __init__(self, m: nn.Module) -> None:
         super().__init__()
         self.m = m.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_quantized:  # FX can hand a fallback op the int8 output of a producer shared with int8 ops
+            x = x.dequantize()
         return self.m(x.to(torch.bfloat16)).to(x.dtype)
 
 
