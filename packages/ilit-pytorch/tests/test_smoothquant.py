@@ -256,3 +256,25 @@ def test_tune_tries_smoothquant_on_a_post_ln_model_at_trial_2(post_ln_transforme
     assert "recipes" not in plain.tune_cfg and sq.tune_cfg["recipes"] == {"smooth_quant": {"alpha": 0.5}}
     # the outliers cost plain INT8 top-1 (0.68 against FP32 0.91 here); smoothing recovers part of it
     assert sq.accuracy > plain.accuracy
+
+
+@pytest.mark.parametrize("backend_name", ["fx", pytest.param("pt2e", marks=needs_torchao)])
+def test_a_smoothed_linear_falls_back_to_bf16(backend_name, post_ln_transformer, digits, monkeypatch):
+    """The op keeps the Linear's name, so bf16 fallback finds the Linear inside the SmoothedLinear (forced on:
+    bf16 runs, slowly, on CPUs without AMX too)."""
+    monkeypatch.setenv("ILIT_PYTORCH_BACKEND", backend_name)
+    monkeypatch.setenv("ILIT_PYTORCH_BF16", "1")
+    model = post_ln_transformer
+    adaptor = make_adaptor()
+    cfg = {**uniform_cfg(adaptor, model, iterations=4), "recipes": {"smooth_quant": {"alpha": 0.5}}}
+    cfg = space_for(adaptor, model).with_fallback(cfg, ["blocks.0.q"], dtype="bf16")
+    assert cfg["ops"]["blocks.0.q"]["weight"]["dtype"] == "bf16"
+    q = adaptor.quantize(cfg, model, digits[0])
+    if backend_name == "fx":
+        assert type(q.get_submodule("blocks.0.q.m")).__name__ == "BF16Module"
+    else:
+        weights = [t for name, t in q.graph_module.state_dict().items() if t.dtype == torch.bfloat16]
+        assert weights, "no bf16 weight in the PT2E graph"
+    with torch.no_grad():
+        x = digits[1][0][0]
+        assert bool(torch.isfinite(adaptor._runner(q)(x)).all())

@@ -150,6 +150,8 @@ def convert_graph(gm: Any, names: Iterable[str]) -> List[str]:
         if node.op != "call_function" or node.target not in targets or not node.meta.get("nn_module_stack"):
             continue
         path = list(node.meta["nn_module_stack"].values())[-1][0]
+        if path not in wanted and path.endswith(".m") and path[:-2] in wanted:
+            path = path[:-2]  # SmoothQuant's SmoothedLinear holds the op's Linear as .m (a Linear has no children)
         params = [a for a in node.args[1:3] if isinstance(a, torch.fx.Node)]
         if path not in wanted or not params or any(p.op != "get_attr" for p in params):
             continue  # a quantized op reads a dequantized weight: leave it
