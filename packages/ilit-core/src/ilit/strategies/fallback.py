@@ -212,6 +212,28 @@ class FallbackSearch:
                         return group
         return None
 
+    def near_first(self, kept: FrozenSet[str], ranking: Ranking) -> List[str]:
+        """The ranking's order for the group rounds: its informative ops (those not kept yet) first, then the
+        ops that scored above 0 in rank order, then the rest nearest to the kept ops in the graph first (ops
+        that interact share tensors, so the op a kept op needs in fp32 beside it is close to it); ties keep
+        the ranking's order."""
+        informative = [op for op in ranking.informative if op not in kept]
+        rest = [op for op in ranking.order if op not in informative]
+        if not kept:
+            return informative + rest
+        distance = {op: 0 for op in kept}
+        frontier = list(kept)
+        while frontier:
+            nxt = []
+            for op in frontier:
+                for n in self.space.producers(op) + self.space.consumers(op):
+                    if n not in distance:
+                        distance[n] = distance[op] + 1
+                        nxt.append(n)
+            frontier = nxt
+        far = len(self.space.ops) + 1
+        return informative + sorted(rest, key=lambda op: (ranking.scores.get(op, 0.0) <= 0, distance.get(op, far)))
+
     def shrink(self, suspicion: Dict[str, float]) -> Search:
         """Re-quantize the passing set's ops one at a time, least suspect first, while the goal holds."""
         if self.passing is None:
@@ -269,7 +291,7 @@ class FallbackSearch:
                 kept = kept | frozenset(ranking.informative)
                 if rerank_after_informative:
                     continue
-            grown = yield from self.neighbourhoods(kept, ranking.order, consumer_groups)
+            grown = yield from self.neighbourhoods(kept, self.near_first(kept, ranking), consumer_groups)
             if self.passing is not None:
                 break
             if grown is None:  # nothing clearly helps: fall back cumulatively along the ranking
