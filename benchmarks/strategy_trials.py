@@ -143,7 +143,8 @@ def toy_table(seeds: Sequence[int], budget: int) -> List[Dict[str, Any]]:
 def print_rows(rows: List[Dict[str, Any]], title: str) -> None:
     print(f"\n== {title} ==")
     hdr = ("model", "strategy", "seed", "met", "trials", "model-wise", "after mw", "ops", "minimal fp32 set",
-           "fp32 at first pass (timeout 0)", "<= min+1", "budget run: 1st pass @trial; fewest fp32 passing (trials run)", "wall s")
+           "fp32 at first pass (timeout 0)", "<= min+1", "budget run: 1st pass @trial; fewest fp32 passing (ran)",
+           "wall s")
     lines = [hdr]
     for r in rows:
         lines.append((r["model"], r["strategy"], str(r["seed"]), "yes" if r["met"] else "NO",
@@ -423,7 +424,8 @@ def minimal_sets(fw: str, act_dtype: str, model: Any, calib: Any, accuracy: Call
     return space.ops, [list(space.ops)], len(space.ops)
 
 
-def run_real(relative: float, budget_factor: int, frameworks: Sequence[str], seeds: Sequence[int]) -> List[Dict[str, Any]]:
+def run_real(relative: float, budget_factor: int, frameworks: Sequence[str],
+             seeds: Sequence[int]) -> List[Dict[str, Any]]:
     """Every framework, seed, model and strategy. A seed sets the models' training (so the weights and the outlier
     channel differ) and the tuner's ``random_seed`` (1978 + seed)."""
     import importlib
