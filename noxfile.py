@@ -126,7 +126,7 @@ def demo(session: nox.Session) -> None:
     """The main job: train a small CNN on scikit-learn's digits, tune it to INT8 with ilit, print the results and
     write the run's report (HTML with charts: ilit-core[report] brings matplotlib)."""
     session.install(TORCH)
-    session.install(f"{CORE}[report]", METRICS, "./packages/ilit-pytorch[torch]", "scikit-learn")
+    session.install(f"{CORE}[report]", METRICS, "./packages/ilit-pytorch[torch,pt2e]", "scikit-learn")
     session.run("python", "examples/pytorch_digits_demo.py", *session.posargs)
 
 
@@ -151,7 +151,7 @@ def mxnet_demo(session: nox.Session) -> None:
 def detection(session: nox.Session) -> None:
     """A small detector trained on canvases of scikit-learn digits, tuned to INT8 in both usages (COCO mAP)."""
     session.install(TORCH)
-    session.install(CORE, f"{METRICS}[coco]", "./packages/ilit-pytorch[torch]", "scikit-learn")
+    session.install(CORE, f"{METRICS}[coco]", "./packages/ilit-pytorch[torch,pt2e]", "scikit-learn")
     session.run("python", "examples/pytorch_detection_demo.py", *session.posargs)
 
 

@@ -376,3 +376,20 @@ def test_each_saved_history_holds_what_the_strategy_learned_from_its_last_trial(
     after_trials = [(n, ins) for n, ins in saved if n > 0]
     assert [n for n, _ in after_trials][:3] == [1, 2, 3]
     assert all(ins.get("observed") == n for n, ins in after_trials), after_trials
+
+
+def test_the_adaptor_gets_the_first_calibration_inputs_before_its_capability(easy_toy, conf, monkeypatch):
+    """``Adaptor.example_inputs`` is the q_dataloader's first batch's inputs when query_fw_capability runs
+    (ilit-pytorch exports the model with it to choose its backend); None on an adaptor made by hand."""
+    model, data = easy_toy
+    seen = []
+    real = ToyAdaptor.query_fw_capability
+
+    def spy(self, m):
+        seen.append(self.example_inputs)
+        return real(self, m)
+    monkeypatch.setattr(ToyAdaptor, "query_fw_capability", spy)
+    assert ToyAdaptor(ilit.load_config(conf())).example_inputs is None
+    ilit.Tuner(conf()).tune(model, q_dataloader=data, eval_dataloader=data)
+    assert len(seen) == 1 and seen[0] is not None
+    np.testing.assert_array_equal(np.asarray(seen[0]), np.asarray(data[0][0]))

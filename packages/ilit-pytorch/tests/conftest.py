@@ -166,6 +166,21 @@ def trained_cnn(digits):
 
 
 @pytest.fixture(autouse=True)
+def _backend(monkeypatch):
+    """The static approach's backend for tests: FX, which these tests were written for and assert on (quantized
+    modules, TorchScript files, FX edges, functional add/cat ops). PT2E, the default for models torch.export
+    captures, and the choice between the two are tested in test_pt2e.py, which sets its own.
+    ``ILIT_TEST_PYTORCH_BACKEND=default`` runs the suite on the default choice instead (to see what it changes).
+    No test compiles: a PT2E candidate is timed on its reference graph unless a test asks otherwise."""
+    wanted = os.environ.get("ILIT_TEST_PYTORCH_BACKEND", "fx")
+    if wanted == "default":
+        monkeypatch.delenv("ILIT_PYTORCH_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("ILIT_PYTORCH_BACKEND", wanted)
+    monkeypatch.setenv("ILIT_PYTORCH_PT2E_TIMING", "reference")
+
+
+@pytest.fixture(autouse=True)
 def _ilit_logs(caplog):
     caplog.set_level(logging.INFO, logger="ilit")
     yield

@@ -45,6 +45,9 @@ class Adaptor(ABC):
 
     #: the name users write as ``framework.name``; set it to the entry-point name.
     name: str = ""
+    #: the inputs of the first calibration batch, set by ``tune`` before :meth:`query_fw_capability`, for
+    #: adaptors that need an example to analyse the model (e.g. ``torch.export``); None when called directly
+    example_inputs: Any = None
 
     def __init__(self, config: Config) -> None:
         self.config = config

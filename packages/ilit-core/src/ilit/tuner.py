@@ -76,6 +76,7 @@ class Tuner:
             workspace.prepare()
             resumed = History.load(resume_file, cfg.tuning.accuracy_criterion) if resume_file else None
             adaptor = adaptor_class(cfg.framework.name, model)(cfg)
+            adaptor.example_inputs = calib_inputs  # before query_fw_capability, which may need an example
             strategy_cls = self._strategy_cls
             strategy_cls.check(adaptor)
             objective: Objective = self._objective_cls()

@@ -14,9 +14,9 @@ import numpy as np
 
 from ilit import Adaptor, calibration_key
 from ilit.interrupts import raise_if_interrupted
+from ilit.text import printable
 from ilit.tune_cfg import TuneCfg, bf16_ops, is_quantized
 from ilit.logs import get_logger
-from ilit.text import printable
 from ilit.batches import batch_inputs, selected_batches
 
 from ._deps import require_torch
@@ -90,14 +90,21 @@ class PyTorchAdaptor(Adaptor):
         self._functional: Dict[int, Tuple[Any, Dict[str, Tuple[str, Op]]]] = {}
         # (model id, alpha, calibration batches) -> (weakref to the fp32 model, its SmoothQuant-migrated copy)
         self._smoothed: Dict[Tuple[int, float, int], Tuple[Any, nn.Module]] = {}
-        self.backend_name = backend.requested_backend()  # fx, or pt2e if ILIT_PYTORCH_BACKEND=pt2e
-        if self.backend_name == "pt2e":
-            missing = backend.pt2e_missing()
-            if missing:
+        # the static approach's backend: pt2e (the default where torch.export captures the model) or fx
+        self._forced = backend.requested_backend()  # auto, or fx/pt2e from ILIT_PYTORCH_BACKEND
+        self.backend_name = "fx" if self._forced == "fx" else "pt2e"
+        self._fx_why = "ILIT_PYTORCH_BACKEND=fx"
+        missing = backend.pt2e_missing() if self.backend_name == "pt2e" else None
+        if missing:
+            self.backend_name = "fx"
+            self._fx_why = f"torchao is not installed; {backend.PT2E_INSTALL} for the faster PT2E/Inductor backend"
+            if self._forced == "pt2e":
                 log.warning("pytorch adaptor: ILIT_PYTORCH_BACKEND=pt2e but %s; using the FX backend", missing)
-                self.backend_name = "fx"
-        self._exports: Dict[int, Tuple[Any, Any]] = {}  # model id -> (weakref, its exported GraphModule)
+        # model id -> (weakref, its exported GraphModule, what rebuild needs: the export's input spec and strict)
+        self._exports: Dict[int, Tuple[Any, Any, Dict[str, Any]]] = {}
         self._export_failed: Dict[int, str] = {}  # model id -> why torch.export failed (FX is used instead)
+        self._told: Set[int] = set()  # models whose backend choice was logged
+        self._timing = False  # inside timing_context: a PT2E candidate runs compiled (see _runner)
 
     @classmethod
     def accepts(cls, model: Any) -> bool:
@@ -131,9 +138,11 @@ class PyTorchAdaptor(Adaptor):
         before = torch.get_num_threads()
         if threads is not None and threads != before:
             torch.set_num_threads(threads)
+        self._timing = True
         try:
             yield torch.get_num_threads()
         finally:
+            self._timing = False
             if torch.get_num_threads() != before:
                 torch.set_num_threads(before)
 
@@ -160,19 +169,18 @@ class PyTorchAdaptor(Adaptor):
         approach = self._approach()
         act = ACTIVATION_CAPABILITY[approach]
         ops: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        pt2e = self._pt2e(approach) and self._exported(model) is not None
+        if approach == STATIC and not pt2e:
+            self._say_fx(model)
         if approach == DYNAMIC:
             for name, module in model.named_modules():
                 op_type = backend.dynamic_op_type(module)
                 if op_type is not None:
                     ops[(name, op_type)] = {"weight": dict(WEIGHT_CAPABILITY), "activation": dict(act)}
-        elif self._pt2e(approach):
-            log.info("pytorch adaptor: PT2E backend (ILIT_PYTORCH_BACKEND=pt2e): torchao X86InductorQuantizer on "
-                     "torch.export; the ops are the Linear/Conv modules, each INT8 or fp32")
-            for name, module in model.named_modules():
-                op_type = backend.weighted_op_type(module) if type(module) in backend.PT2E_OPS else None
-                if op_type is not None:
-                    ops[(name, op_type)] = {"weight": dict(PT2E_CAPABILITY["weight"]),
-                                            "activation": dict(PT2E_CAPABILITY["activation"])}
+        elif pt2e:
+            for name, op_type in self._pt2e_ops(model):
+                ops[(name, op_type)] = {"weight": dict(PT2E_CAPABILITY["weight"]),
+                                        "activation": dict(PT2E_CAPABILITY["activation"])}
         else:
             analysis = self.analysis(model, approach == QAT)
             for op in analysis.ops.values():
@@ -182,12 +190,12 @@ class PyTorchAdaptor(Adaptor):
                 ops[(op.name, op.op_type)] = cap
         if approach in (STATIC, DYNAMIC) and bf16.bf16_enabled():
             ops = bf16.offer_bf16(ops)  # Linear/conv may fall back to bf16 (AMX / AVX512-BF16; see bf16.py)
-        if approach != QAT and not self._pt2e(approach):
+        if approach != QAT and not pt2e:
             emb = {(name, type(m).__name__): {"weight": dict(EMBEDDING_WEIGHT), "activation": dict(act)}
                    for name, m in model.named_modules() if type(m) in backend.EMBEDDINGS}
             ops = {**emb, **ops}  # embeddings run first in a transformer
         result: Dict[str, Any] = {"approaches": list(backend.APPROACHES), "op_wise": ops}
-        if approach != DYNAMIC and not self._pt2e(approach):
+        if approach != DYNAMIC and not pt2e:
             # who feeds whom, for fallback strategies (an outlier tensor needs its producer and consumer in fp32)
             result["edges"] = [list(e) for e in analysis.edges]
         # offered where a LayerNorm feeds Linears (pre- and post-LN transformers): CNNs keep their 24 model-wise configs
@@ -198,6 +206,69 @@ class PyTorchAdaptor(Adaptor):
 
     def _pt2e(self, approach: str) -> bool:
         return self.backend_name == "pt2e" and approach == STATIC
+
+    @staticmethod
+    def _pt2e_ops(model: nn.Module) -> List[Tuple[str, str]]:
+        """(module name, op type) of the ops tuned on PT2E: the Linear and Conv2d modules."""
+        out = []
+        for name, module in model.named_modules():
+            op_type = backend.weighted_op_type(module) if type(module) in backend.PT2E_OPS else None
+            if op_type is not None:
+                out.append((name, op_type))
+        return out
+
+    def _say_fx(self, model: nn.Module) -> None:
+        """Log once per model why the static approach uses FX for it (export failures say so themselves)."""
+        if id(model) not in self._told and id(model) not in self._export_failed:
+            self._told.add(id(model))
+            log.info("pytorch adaptor: %s: FX backend (%s)", type(model).__name__, self._fx_why)
+
+    def _exported(self, model: nn.Module, example: Any = None) -> Any:
+        """``model`` captured by ``torch.export`` (cached per model), or None when it cannot be (then the FX
+        backend takes it); logs once per model which backend it gets and why. Without any example inputs
+        (a direct call before any batch was seen) the answer is True and export happens in ``quantize``."""
+        hit = self._exports.get(id(model))
+        if hit is not None and hit[0]() is model:
+            return hit[1]
+        if id(model) in self._export_failed:
+            return None
+        example = example if example is not None else (
+            self.example_inputs if self.example_inputs is not None else self._example)
+        if example is None:
+            return True
+        args, kwargs = as_call(model, example)
+        ops: Dict[str, Any] = {name: {} for name, _ in self._pt2e_ops(model)}
+        for strict in (False, True):
+            step = "torch.export cannot capture"
+            try:
+                with eval_mode(model):
+                    exported = backend.pt2e_export(model, args, kwargs, strict=strict)
+                # annotation can fail where export did not: with strict=False one nn.ReLU module called
+                # twice (torchvision's ResNet blocks) is one source partition with two outputs; try it now
+                step = "X86InductorQuantizer cannot annotate"
+                backend.pt2e_prepare(copy.deepcopy(exported), ops)
+                break
+            except Exception as exc:  # noqa: BLE001 - any export or annotation failure: strict export, then FX
+                raise_if_interrupted(exc)
+                why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                if not strict:
+                    log.info("pytorch adaptor: %s %s with torch.export(strict=False) (%s); trying strict=True",
+                             step, type(model).__name__, printable(f"{type(exc).__name__}: {why}"[:300]))
+                    continue
+                self._export_failed[id(model)] = f"{type(exc).__name__}: {why}"
+                log.warning("pytorch adaptor: %s %s (%s); FX backend for this model", step,
+                            type(model).__name__, printable(self._export_failed[id(model)][:300]))
+                return None
+        if id(model) not in self._told:
+            self._told.add(id(model))
+            how = "ILIT_PYTORCH_BACKEND=pt2e" if self._forced == "pt2e" else "the default for static"
+            log.info("pytorch adaptor: %s: PT2E backend (%s; torch.export captured it%s): torchao "
+                     "X86InductorQuantizer, Inductor int8 kernels; the tuned ops are its Linear/Conv2d modules",
+                     type(model).__name__, how, ", strict=True" if strict else "")
+        self._exports = {k: v for k, v in self._exports.items() if v[0]() is not None}
+        info: Dict[str, Any] = {"inputs": recipe.input_spec(args, kwargs), **({"strict": True} if strict else {})}
+        self._exports[id(model)] = (weakref.ref(model), exported, info)
+        return exported
 
     def smoothed_model(self, model: nn.Module, alpha: float, dataloader: Iterable[Any], iterations: int) -> nn.Module:
         """``model`` with SmoothQuant applied at ``alpha`` (statistics from ``iterations`` batches), cached."""
@@ -268,12 +339,13 @@ class PyTorchAdaptor(Adaptor):
         if alpha is not None and approach == STATIC:
             model = self.smoothed_model(model, alpha, dataloader, int(tune_cfg["calibration"]["iterations"]))
         if self._pt2e(approach) and id(model) not in self._export_failed:
-            try:
-                return self._pt2e_quantize(tune_cfg, model, dataloader)
-            except backend.ExportError as exc:
-                self._export_failed[id(model)] = str(exc)
-                log.warning("pytorch adaptor: torch.export cannot capture %s (%s); FX backend for this model",
-                            type(model).__name__, str(exc)[:300])
+            example = batch_inputs(next(iter(dataloader)))
+            self._example = example
+            exported = self._exported(model, example)
+            if exported is not None:
+                return self._pt2e_quantize(tune_cfg, model, exported, dataloader)
+        elif approach == STATIC:
+            self._say_fx(model)
         analysis = self.analysis(model, is_qat)
         if analysis.traceable:
             return recipe.record(self._graph_mode(tune_cfg, model, analysis, dataloader, q_func), tune_cfg, "fx")
@@ -345,9 +417,10 @@ class PyTorchAdaptor(Adaptor):
         args, kwargs = recipe.inputs_from_spec(build.get("inputs"))
         cfgs = {name: (op if is_quantized(op) else None)
                 for name, op in recipe.minmax_only(build["tune_cfg"])["ops"].items()}
+        layout = {name: (op if is_quantized(op) else None) for name, op in build["tune_cfg"]["ops"].items()}
         with eval_mode(model):
-            exported = backend.pt2e_export(model, args, kwargs)
-        prepared = backend.pt2e_prepare(exported, cfgs)
+            exported = backend.pt2e_export(model, args, kwargs, strict=build.get("strict") is True)
+        prepared = backend.pt2e_prepare(exported, cfgs, layout=layout)  # annotated as the tuned model was
         recipe.feed_weight_observers(prepared)
         gm = backend.pt2e_convert(prepared)
         recipe.set_graph_qparams(gm, build.get("qparams"))
@@ -408,24 +481,11 @@ class PyTorchAdaptor(Adaptor):
                                                     for op in u.ops.values() if not op.weighted})
         return q
 
-    def _pt2e_quantize(self, tune_cfg: TuneCfg, model: nn.Module, dataloader: Iterable[Any]) -> nn.Module:
-        """Export, annotate op by op, calibrate and convert with torchao; no compile (see PT2EModel)."""
-        example = batch_inputs(next(iter(dataloader)))
-        self._example = example
-        args, kwargs = as_call(model, example)
-        hit = self._exports.get(id(model))
-        if hit is None or hit[0]() is not model:
-            try:
-                with eval_mode(model):
-                    exported = backend.pt2e_export(model, args, kwargs)
-            except Exception as exc:  # noqa: BLE001 - any export failure means "use FX"
-                why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise backend.ExportError(f"{type(exc).__name__}: {why}") from exc
-            log.info("pytorch adaptor: %s exported with torch.export (strict=False): PT2E backend",
-                     type(model).__name__)
-            self._exports = {k: v for k, v in self._exports.items() if v[0]() is not None}
-            hit = self._exports[id(model)] = (weakref.ref(model), exported)
-        exported = copy.deepcopy(hit[1])  # prepare_pt2e rewrites the graph it is given
+    def _pt2e_quantize(self, tune_cfg: TuneCfg, model: nn.Module, exported: Any,
+                       dataloader: Iterable[Any]) -> nn.Module:
+        """Annotate the exported graph, calibrate and convert with torchao; no compile (see PT2EModel)."""
+        info = self._exports[id(model)][2]
+        exported = copy.deepcopy(exported)  # prepare_pt2e rewrites the graph it is given
         cfgs = {name: (op if is_quantized(op) else None) for name, op in tune_cfg["ops"].items()}
         prepared = backend.pt2e_prepare(exported, cfgs)
         iterations = int(tune_cfg["calibration"]["iterations"])
@@ -439,9 +499,9 @@ class PyTorchAdaptor(Adaptor):
                 n += 1
         self.calibration_batches += n
         gm = backend.pt2e_convert(prepared)
-        # the activation qparams are graph literals, not state: recorded with the input shapes for rebuild
-        return recipe.record(backend.PT2EModel(gm), tune_cfg, "pt2e", inputs=recipe.input_spec(args, kwargs),
-                             qparams=recipe.graph_qparams(gm))
+        # the activation qparams are graph literals, not state: recorded with the export's input shapes (and
+        # strict=True when the export needed it) for rebuild
+        return recipe.record(backend.PT2EModel(gm), tune_cfg, "pt2e", **info, qparams=recipe.graph_qparams(gm))
 
     def _calibrate(self, tune_cfg: TuneCfg, model: nn.Module, analysis: Analysis, prepared: Dict[str, Any],
                    q: nn.Module, dataloader: Iterable[Any]) -> None:
@@ -530,7 +590,11 @@ class PyTorchAdaptor(Adaptor):
         if not getattr(model, "_ilit_quantized", False):
             return model
         if isinstance(model, backend.PT2EModel):
-            return model.graph_module  # the reference graph: accuracy needs no compile, and it keeps no kernels
+            # accuracy: the reference q/dq graph (no compile per trial). Timing (only candidates that met the
+            # goal are timed): the compiled model the user runs, compiled once per candidate and kept in it
+            if self._timing and backend.pt2e_timing() == "compiled":
+                return model.runner()
+            return model.graph_module
         ref, shadow = self._shadow
         if ref is None or ref() is not model:
             shadow = copy.deepcopy(model)
@@ -547,7 +611,15 @@ class PyTorchAdaptor(Adaptor):
         handles = []
         swapped: List[Tuple[str, nn.Module]] = []
         fp32 = not getattr(model, "_ilit_quantized", False) and self._approach() != DYNAMIC
-        if fp32:
+        if isinstance(model, backend.PT2EModel):  # its reference graph, node by node
+            gm = model.graph_module
+            nodes = backend.pt2e_op_nodes(gm, wanted)
+
+            def record_pt2e(name: str, value: Any) -> None:
+                current[name] = value.float().numpy().copy()
+
+            runner = backend.PT2ERecorder(gm, nodes, record_pt2e)
+        elif fp32:
             analysis = self.analysis(model, False)
             node_to_op = {u.prefix: {op.out: op.name for op in u.ops.values() if op.name in wanted}
                           for u in analysis.units}

@@ -1,10 +1,11 @@
-"""The one module that knows which torch quantization stack ilit-pytorch drives.
+"""The one module that knows which torch quantization stacks ilit-pytorch drives.
 
-Today that is FX graph mode (``torch.ao.quantization.quantize_fx``) with the x86 backend, which runs
-real int8 kernels (fbgemm / oneDNN). Everything that would change when moving to torchao's PT2E path
-lives here: the engine, the observers and fake-quants built from a tune_cfg entry, tracing and fusion,
-prepare/convert, dynamic quantization and the patterns the backend quantizes. The rest of the package
-only sees GraphModules, observers and ``QConfig`` objects passed through.
+Two backends for the static approach: torchao's PT2E (``torch.export``, ``X86InductorQuantizer``,
+``torch.compile`` with Inductor and freezing), the default where ``torch.export`` captures the model
+and torchao is installed, and FX graph mode (``torch.ao.quantization.quantize_fx``, x86 fbgemm/oneDNN
+kernels) for the rest, for dynamic and for QAT. ``ILIT_PYTORCH_BACKEND=fx|pt2e`` overrides the choice.
+Everything backend-specific lives here: the engine, observers and qconfigs built from a tune_cfg entry,
+tracing and fusion, prepare/convert, dynamic quantization and the PT2E export/prepare/convert/compile.
 """
 
 from __future__ import annotations
@@ -339,9 +340,11 @@ def dynamic_quantize(model: nn.Module, qconfigs: Mapping[str, QConfig]) -> nn.Mo
         ctx.__exit__(None, None, None)
 
 
-# ----------------------------------------------------------------------------- PT2E (torchao), opt-in
+# ----------------------------------------------------------------------------- PT2E (torchao)
 PT2E_ENV = "ILIT_PYTORCH_BACKEND"
-PT2E_OPS = (nn.Linear, nn.Conv2d)  # what X86InductorQuantizer annotates
+PT2E_TIMING_ENV = "ILIT_PYTORCH_PT2E_TIMING"
+PT2E_OPS = (nn.Linear, nn.Conv2d)  # the ops offered for tuning (X86InductorQuantizer's weighted ops)
+PT2E_INSTALL = "pip install 'ilit-pytorch[pt2e]'"
 
 
 class ExportError(RuntimeError):
@@ -349,10 +352,22 @@ class ExportError(RuntimeError):
 
 
 def requested_backend() -> str:
-    """``fx`` (default) or ``pt2e``, from ``ILIT_PYTORCH_BACKEND``; anything else is refused with the choices."""
-    name = os.environ.get(PT2E_ENV, "fx").strip().lower() or "fx"
-    if name not in ("fx", "pt2e"):
-        raise ValueError(f"{PT2E_ENV}={name!r}: use fx (FX graph mode, the default) or pt2e (torchao PT2E)")
+    """``auto`` (unset: PT2E where torch.export captures the model, else FX), ``fx`` or ``pt2e``, from
+    ``ILIT_PYTORCH_BACKEND``; anything else is refused with the choices."""
+    name = os.environ.get(PT2E_ENV, "auto").strip().lower() or "auto"
+    if name not in ("auto", "fx", "pt2e"):
+        raise ValueError(f"{PT2E_ENV}={name!r}: use fx (FX graph mode) or pt2e (torchao PT2E + Inductor), or leave "
+                         "it unset (PT2E for the static approach where torch.export captures the model, else FX)")
+    return name
+
+
+def pt2e_timing() -> str:
+    """What the performance objective times for a PT2E candidate: ``compiled`` (the default: Inductor with
+    freezing, what the user runs) or ``reference`` (the uncompiled q/dq graph: no compile, e.g. in tests),
+    from ``ILIT_PYTORCH_PT2E_TIMING``."""
+    name = os.environ.get(PT2E_TIMING_ENV, "compiled").strip().lower() or "compiled"
+    if name not in ("compiled", "reference"):
+        raise ValueError(f"{PT2E_TIMING_ENV}={name!r}: use compiled (the default) or reference")
     return name
 
 
@@ -361,12 +376,14 @@ def pt2e_missing() -> Optional[str]:
     try:
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or a torchao built for another torch
-        return f"torchao is not importable ({type(exc).__name__}: {exc}); pip install 'ilit-pytorch[pt2e]'"
+        return f"torchao is not importable ({type(exc).__name__}: {exc}); {PT2E_INSTALL}"
     return None
 
 
-def pt2e_export(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> GraphModule:
-    """``torch.export`` (strict=False, as Hugging Face models need) of ``model`` in eval mode, as a GraphModule."""
+def pt2e_export(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any],
+                strict: bool = False) -> GraphModule:
+    """``torch.export`` of ``model`` in eval mode, as a GraphModule; strict=False by default, as Hugging Face
+    models need (strict=True is tried when the quantizer cannot annotate the non-strict graph)."""
     from torch.export import Dim
     from torch.utils._pytree import tree_map
 
@@ -379,7 +396,7 @@ def pt2e_export(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, An
     kwargs = {k: kwargs[k] for k in order}
     shapes = tuple(tree_map(batch_dim, a) for a in args) + tuple(tree_map(batch_dim, v) for v in kwargs.values())
     with torch.no_grad():
-        return torch.export.export(model, tuple(args), kwargs, dynamic_shapes=shapes, strict=False).module()
+        return torch.export.export(model, tuple(args), kwargs, dynamic_shapes=shapes, strict=strict).module()
 
 
 def _pt2e_config(op_cfg: Mapping[str, Any]) -> Any:
@@ -403,38 +420,156 @@ def _pt2e_config(op_cfg: Mapping[str, Any]) -> Any:
     return base
 
 
-def pt2e_prepare(exported: GraphModule, op_cfgs: Mapping[str, Optional[Mapping[str, Any]]]) -> GraphModule:
-    """Annotate ``exported`` op by op (module name; None keeps that op in fp32) and insert observers."""
+def _choice(op_cfg: Mapping[str, Any]) -> Tuple[Any, Any]:
+    """What of a tune_cfg op entry changes its torchao config (activation algorithm, weight granularity)."""
+    return (op_cfg.get("activation", {}).get("algorithm", "kl"), (op_cfg.get("weight") or {}).get("granularity"))
+
+
+def pt2e_prepare(exported: GraphModule, op_cfgs: Mapping[str, Optional[Mapping[str, Any]]],
+                 layout: Optional[Mapping[str, Optional[Mapping[str, Any]]]] = None) -> GraphModule:
+    """Annotate ``exported`` and insert observers: the most common choice of the quantized ops is the global
+    config, as by hand (so X86InductorQuantizer also quantizes what it fuses or propagates int8 through:
+    conv+add+relu, pools, cat, ...); an op with another choice gets its own config by module name, and an
+    fp32 op (None) is left unannotated. With no quantized op at all nothing is annotated. ``layout`` (default
+    ``op_cfgs``) decides which ops are global and which by name: a rebuild gives the tuned cfgs, so its graph
+    has the same quantize nodes even where its own observers differ."""
+    from collections import Counter
+
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import X86InductorQuantizer
 
-    quantizer = X86InductorQuantizer()  # no global config: only the named ops are quantized
-    for name, cfg in op_cfgs.items():
-        quantizer.set_module_name_qconfig(name, _pt2e_config(cfg) if cfg is not None else None)
+    layout = op_cfgs if layout is None else layout
+    quantizer = X86InductorQuantizer()
+    chosen = Counter(_choice(cfg) for cfg in layout.values() if cfg is not None)
+    if chosen:
+        common = chosen.most_common(1)[0][0]
+        first = next(name for name, c in layout.items() if c is not None and _choice(c) == common)
+        quantizer.set_global(_pt2e_config(op_cfgs[first] or {}))
+        for name, cfg in layout.items():
+            if cfg is None or op_cfgs.get(name) is None:
+                quantizer.set_module_name_qconfig(name, None)
+            elif _choice(cfg) != common:
+                quantizer.set_module_name_qconfig(name, _pt2e_config(op_cfgs[name] or {}))
     return prepare_pt2e(exported, quantizer)
 
 
 def pt2e_convert(prepared: GraphModule) -> GraphModule:
-    """The calibrated graph with quantize/dequantize ops (reference numerics; ``torch.compile`` makes it int8)."""
+    """The calibrated graph with quantize/dequantize ops (reference numerics; ``torch.compile`` makes it int8).
+
+    convert_pt2e folds each quantized weight into a new int8 constant but leaves the float parameter it
+    came from on the module; those are dropped, so the model (and what is saved of it) holds int8 weights only.
+    """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(prepared)
+    converted = convert_pt2e(prepared)
+    used = {str(n.target) for n in converted.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*converted.named_parameters(), *converted.named_buffers()]:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            delattr(converted.get_submodule(owner) if owner else converted, leaf)
+    return converted
+
+
+_PT2E_WEIGHTED = ("aten.linear.", "aten.conv1d.", "aten.conv2d.", "aten.conv3d.")
+_PT2E_UNARY = ("aten.relu.", "aten.relu_.", "aten.hardtanh.", "aten.hardtanh_.")
+
+
+def pt2e_op_nodes(gm: GraphModule, names: Iterable[str]) -> Dict[str, str]:
+    """{graph node name: op name} for the Linear/Conv modules ``names`` of an exported (or converted) graph:
+    the node after the op and any ReLU it feeds alone, as FX's fused conv-bn-relu output is."""
+    wanted = set(names)
+    out: Dict[str, str] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith(_PT2E_WEIGHTED):
+            continue
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        path = stack[-1][0] if stack else None
+        if path not in wanted:
+            continue
+        while len(node.users) == 1 and str(next(iter(node.users)).target).startswith(_PT2E_UNARY):
+            node = next(iter(node.users))
+        out[node.name] = path
+    return out
+
+
+class PT2ERecorder:
+    """Calls an exported (or converted) graph node by node (``torch.fx.Interpreter``) like the graph itself,
+    with ``record(op name, value)`` for the nodes ``nodes`` maps to op names (:func:`pt2e_op_nodes`)."""
+
+    def __init__(self, gm: GraphModule, nodes: Mapping[str, str], record: Callable[[str, Any], None]) -> None:
+        self.gm, self.nodes, self.record = gm, nodes, record
+        self.ilit_call_target = gm  # inputs are bound to the exported signature (calibration.as_call)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.fx._pytree import tree_flatten_spec
+
+        nodes, record = self.nodes, self.record
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, n: torch.fx.Node) -> Any:
+                value = super().run_node(n)
+                if n.name in nodes:
+                    record(nodes[n.name], value)
+                return value
+
+        flat = tree_flatten_spec((tuple(args), dict(kwargs)), self.gm._in_spec)  # as the graph's own forward
+        return Recorder(self.gm).run(*flat, enable_io_processing=False)
 
 
 class PT2EModel(nn.Module):
     """A PT2E-quantized model: ``graph_module`` runs the reference q/dq graph (what ilit evaluates, no
-    compile); calling the model compiles it once with Inductor (freezing on), which lowers to int8 kernels."""
+    compile); calling the model runs it compiled by Inductor with freezing (int8 kernels, weights pre-packed),
+    without autograd. It compiles on its first call and again for each new input shape (static shapes:
+    Inductor's int8 conv failed on a dynamic batch size here)."""
 
     def __init__(self, graph_module: GraphModule) -> None:
         super().__init__()
         self.graph_module = graph_module
         self.ilit_call_target = graph_module  # inputs are bound to the exported signature (calibration.as_call)
         self._compiled: Any = None
+        self.compile_error: Optional[str] = None  # why compiling failed (the reference graph runs instead)
+        self.training = False  # an inference model (only the wrapper's flag: exported graphs refuse eval())
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def compiled(self) -> Any:
+        """The compiled graph (``torch.compile``, Inductor; the compile itself runs on its first call).
+
+        It sets ``torch._inductor.config.freezing = True`` for the process, as one does by hand: without
+        freezing int8 ran no faster than compiled fp32 (facts.md), and ``options={"freezing": True}`` made
+        Inductor fail on the int8 conv (``onednn.qconv_prepack``) with torch 2.13.
+        """
         if self._compiled is None:
             import torch._inductor.config as inductor_config
 
-            inductor_config.freezing = True  # without it int8 ran no faster than compiled fp32 (facts.md)
-            self._compiled = torch.compile(self.graph_module)
-        return self._compiled(*args, **kwargs)
+            inductor_config.freezing = True
+            self._compiled = torch.compile(self.graph_module, dynamic=False)
+        return self._compiled
+
+    def runner(self) -> Callable[..., Any]:
+        """A callable running this model compiled (what the performance objective times), not an nn.Module:
+        the caller does not walk or switch the modes of the graph's submodules."""
+        return _CompiledRunner(self)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():  # freezing applies to inference only
+            if self.compile_error is None:
+                try:
+                    return self.compiled()(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - an Inductor failure: the reference graph still runs
+                    out = self.graph_module(*args, **kwargs)  # raises instead if the inputs are what is wrong
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    self.compile_error = f"{type(exc).__name__}: {first}"[:300]
+                    log.warning("PT2E model: torch.compile failed (%s); running the uncompiled q/dq reference graph, "
+                                "which is slow (ILIT_PYTORCH_BACKEND=fx gives an FX model instead)", self.compile_error)
+                    return out
+            return self.graph_module(*args, **kwargs)
+
+
+class _CompiledRunner:
+    """Calls a :class:`PT2EModel` (compiled); inputs are bound to its exported signature like the model's."""
+
+    def __init__(self, model: PT2EModel) -> None:
+        self.model = model
+        self.ilit_call_target = model.graph_module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
