@@ -7,6 +7,7 @@ candidate, torch.compile is replaced by a spy that records the call and returns 
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -227,6 +228,11 @@ def test_performance_times_the_compiled_candidate_only_when_it_meets_the_goal(mo
     assert compiled[0][1] == {"dynamic": False} and frozen
     assert q._compiled is q.graph_module  # kept: the user's first call does not compile again
     assert tuner.history.trials[1].ratio is not None
+    assert "_compiled" not in dict(q.named_children())  # not a submodule: not saved, not deep-copied
+    twin = copy.deepcopy(q)  # a copy compiles its own graph (a copied compiled wrapper would run uncompiled)
+    assert twin._compiled is None
+    twin(digits[1][0][0])
+    assert len(compiled) == 2 and compiled[1][0] is twin.graph_module is not q.graph_module
 
 
 def test_pt2e_timing_choice_is_checked(monkeypatch):
