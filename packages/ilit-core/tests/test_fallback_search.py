@@ -183,6 +183,29 @@ def test_model_wise_order_puts_the_most_different_configs_early():
     assert all(x != y for x, y in zip(first, second))  # the second differs from the first in every field
 
 
+def test_model_wise_order_tries_each_recipe_right_after_its_plain_config():
+    """A recipe (SmoothQuant) is what rescues a model whose plain configs all fail alike, so it must come before
+    basic can cut the model-wise phase short (after 3 configs), not after every other plain config."""
+    conf = load_config(toy_conf("unused", "basic", wide=True))
+    cap = {"op_wise": {(n, "Dense"): {
+        "weight": {"dtype": ["int8", "fp32"], "scheme": ["sym", "asym"], "granularity": ["per_channel", "per_tensor"],
+                   "algorithm": ["minmax"]},
+        "activation": {"dtype": ["uint8", "fp32"], "scheme": ["asym"], "granularity": ["per_tensor"],
+                       "algorithm": ["minmax", "kl"]}} for n in ("a", "b")},
+        "recipes": {"smooth_quant": {"alpha": [0.5, 0.75]}}}
+    space = TuningSpace.build(cap, conf)
+    configs = space.model_wise_configs()
+    assert len(configs) == 24
+    ordered = order_model_wise(configs)
+    assert sorted(map(cfg_fingerprint, ordered)) == sorted(map(cfg_fingerprint, configs))
+    assert [c.get("recipes") for c in ordered[:3]] == [
+        None, {"smooth_quant": {"alpha": 0.5}}, {"smooth_quant": {"alpha": 0.75}}]
+    strip = [{k: v for k, v in c.items() if k != "recipes"} for c in ordered]
+    assert strip[0] == strip[1] == strip[2] == configs[0]  # the variants are of the most-preferred config
+    plain = [c for c in ordered if not c.get("recipes")]
+    assert plain == order_model_wise([c for c in configs if not c.get("recipes")])  # plain order unchanged
+
+
 # ----------------------------------------------------------------------------- oracle-driven graphs
 def drive(strategy_cls, types, edges, needed, timeout=0.0, max_trials=100, seed=0):
     """Run a strategy as the tuner would, with an oracle: a config meets the goal iff ``needed`` is in fp32.

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
-from typing import Any, FrozenSet, Generator, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, Generator, Iterator, List, Optional, Set, Tuple
 
 from ..strategy import Strategy
 from ..tune_cfg import TuneCfg
@@ -32,11 +33,31 @@ def _traits(cfg: TuneCfg) -> Set[Tuple[Any, ...]]:
 
 
 def order_model_wise(configs: List[TuneCfg]) -> List[TuneCfg]:
-    """The most-preferred config first, then each time the one least like those before it.
+    """The most-preferred config first, then each time the one least like those before it; each config's
+    recipe variants (e.g. SmoothQuant alphas) right after it.
 
     Trying different calibration sizes, schemes and algorithms early shows soon whether any
-    model-wise choice matters; ties keep the preference order.
+    model-wise choice matters; ties keep the preference order. A recipe is what rescues a model whose
+    plain configs all fail alike (a transformer's outlier channels), so it comes before the phase can
+    be cut short, not after every other model-wise choice.
     """
+    plain = [c for c in configs if not c.get("recipes")]
+    variants: Dict[str, List[TuneCfg]] = {}
+    for c in configs:
+        if c.get("recipes"):
+            variants.setdefault(_plain_key(c), []).append(c)
+    out: List[TuneCfg] = []
+    for cfg in _farthest_first(plain):
+        out.append(cfg)
+        out.extend(variants.pop(_plain_key(cfg), []))
+    return out + [c for rest in variants.values() for c in rest]  # variants of no listed plain config
+
+
+def _plain_key(cfg: TuneCfg) -> str:
+    return json.dumps({k: v for k, v in cfg.items() if k != "recipes"}, sort_keys=True, default=str)
+
+
+def _farthest_first(configs: List[TuneCfg]) -> List[TuneCfg]:
     if len(configs) <= 2:
         return list(configs)
     traits = [_traits(c) for c in configs]
