@@ -190,6 +190,8 @@ class PyTorchAdaptor(Adaptor):
                 ops[(op.name, op.op_type)] = cap
         if approach in (STATIC, DYNAMIC) and bf16.bf16_enabled():
             ops = bf16.offer_bf16(ops)  # Linear/conv may fall back to bf16 (AMX / AVX512-BF16; see bf16.py)
+        if approach != DYNAMIC:
+            self._pin_dead_ops(model, ops, pt2e, approach)
         if approach != QAT and not pt2e:
             emb = {(name, type(m).__name__): {"weight": dict(EMBEDDING_WEIGHT), "activation": dict(act)}
                    for name, m in model.named_modules() if type(m) in backend.EMBEDDINGS}
@@ -203,6 +205,26 @@ class PyTorchAdaptor(Adaptor):
         if smoothquant.offered(groups):
             result["recipes"] = {smoothquant.RECIPE: {"alpha": list(smoothquant.ALPHAS)}}
         return result
+
+    def _pin_dead_ops(self, model: nn.Module, ops: Dict[Tuple[str, str], Dict[str, Any]], pt2e: bool,
+                      approach: str) -> None:
+        """Offer no fallback for ops whose output never reaches the model's outputs (a pooler the model drops):
+        falling one back cannot change accuracy, so a trial spent on it would be wasted (issue 15)."""
+        names = [name for name, _ in ops]
+        if pt2e:
+            exported = self._exported(model)
+            dead = backend.pt2e_dead_ops(exported, names) if isinstance(exported, torch.fx.GraphModule) else []
+        else:
+            dead = [n for n in self.analysis(model, approach == QAT).dead if n in names]
+        if not dead:
+            return
+        for (name, _), cap in ops.items():
+            if name in dead:
+                for part in cap.values():
+                    part["dtype"] = [d for d in part.get("dtype", []) if d not in ("fp32", "bf16")]
+        log.info("pytorch adaptor: %d op(s) whose output reaches none of the model's outputs stay INT8 and are not "
+                 "searched (falling them back cannot change accuracy): %s", len(dead),
+                 printable(", ".join(dead[:8]) + (" ..." if len(dead) > 8 else "")))
 
     def _pt2e(self, approach: str) -> bool:
         return self.backend_name == "pt2e" and approach == STATIC

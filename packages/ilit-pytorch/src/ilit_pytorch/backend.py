@@ -15,7 +15,7 @@ import functools
 import operator
 import os
 import warnings
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import torch
 import torch.ao.nn.intrinsic as nni
@@ -490,6 +490,24 @@ def pt2e_op_nodes(gm: GraphModule, names: Iterable[str]) -> Dict[str, str]:
             node = next(iter(node.users))
         out[node.name] = path
     return out
+
+
+def pt2e_dead_ops(gm: GraphModule, names: Iterable[str]) -> List[str]:
+    """The Linear/Conv modules among ``names`` none of whose calls in the exported graph reach its output."""
+    from .graph import live_nodes
+
+    live = live_nodes(gm)
+    seen: Set[Optional[str]] = set()
+    used: Set[Optional[str]] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not str(node.target).startswith(_PT2E_WEIGHTED):
+            continue
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        path = stack[-1][0] if stack else None
+        seen.add(path)
+        if node.name in live:
+            used.add(path)
+    return [n for n in names if n in seen and n not in used]
 
 
 class PT2ERecorder:

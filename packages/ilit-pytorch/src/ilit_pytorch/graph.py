@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 from ilit.interrupts import raise_if_interrupted
@@ -24,7 +24,7 @@ from ilit.logs import get_logger
 from . import backend
 
 __all__ = ["Op", "Unit", "Analysis", "analyze", "qualify", "get_submodule", "set_submodule", "LeafWrapper",
-           "qconfig_entries", "keep_off_fast_path", "find_functional"]
+           "qconfig_entries", "keep_off_fast_path", "find_functional", "live_nodes"]
 
 log = get_logger(__name__)
 
@@ -115,6 +115,15 @@ class Analysis:
         return {name: op for u in self.units for name, op in u.ops.items()}
 
     @property
+    def dead(self) -> List[str]:
+        """Ops whose output reaches none of their unit's outputs (a split model's unit output counts as used)."""
+        out = []
+        for u in self.units:
+            live = live_nodes(u.fused)
+            out += [name for name, op in u.ops.items() if op.node not in live]
+        return out
+
+    @property
     def edges(self) -> List[Tuple[str, str]]:
         """Producer -> consumer op pairs inside each unit (none across units of a split model)."""
         return [e for u in self.units for e in u.edges]
@@ -193,6 +202,20 @@ def _op_edges(gm: GraphModule, ops: Dict[str, Op]) -> List[Tuple[str, str]]:
             else:
                 stack.extend(user.users)
     return edges
+
+
+def live_nodes(gm: GraphModule) -> Set[str]:
+    """Names of the nodes of ``gm`` whose value reaches its output: an op outside this set (a pooler whose
+    result the model drops) cannot change the model's outputs, so falling it back to fp32 cannot either."""
+    live: Set[str] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node.name in live:
+            continue
+        live.add(node.name)
+        stack.extend(node.all_input_nodes)
+    return live
 
 
 def _through_relu(node: Node, modules: Dict[str, nn.Module]) -> Node:
