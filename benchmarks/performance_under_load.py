@@ -25,6 +25,8 @@ import time
 import warnings
 from typing import Any, Callable, List, Tuple
 
+from machine import isa  # benchmarks/machine.py (this script's own directory is on sys.path)
+
 import torch
 
 import ilit
@@ -38,17 +40,6 @@ from pytorch_digits_demo import DigitsCNN  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def isa() -> str:
-    """The best INT8 instruction set of this CPU: amx, avx512_vnni, avx2 (or other)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return "unknown"
-    for name, flag in (("amx", "amx_int8"), ("avx512_vnni", "avx512_vnni"), ("avx2", "avx2")):
-        if flag in flags:
-            return name
-    return "other"
 
 
 def load_avg() -> str:

@@ -30,6 +30,8 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Tuple
 
+from machine import isa  # benchmarks/machine.py (this script's own directory is on sys.path)
+
 import torch
 from torch import nn
 
@@ -245,18 +247,6 @@ def tuning_overhead(model: nn.Module, calib: List[Tuple[torch.Tensor, Any]],
 
 
 # ----------------------------------------------------------------------------- PT2E rows
-def isa() -> str:
-    """amx / avx512_vnni / avx2 / other, from /proc/cpuinfo's flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return "unknown"
-    if "amx_int8" in flags:
-        return "amx"
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        return "avx512_vnni"
-    return "avx2" if "avx2" in flags else "other"
 
 
 def pt2e_rows(runs: int, threads: int) -> None:

@@ -28,6 +28,8 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List
 
+from machine import isa  # benchmarks/machine.py (this script's own directory is on sys.path)
+
 import numpy as np
 import torch
 from torch import nn
@@ -38,16 +40,6 @@ from ilit.tune_cfg import is_quantized
 warnings.filterwarnings("ignore")
 
 
-def isa() -> str:
-    try:
-        flags = set(open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split())
-    except (OSError, IndexError):
-        return "unknown"
-    if "amx_int8" in flags:
-        return "amx"
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        return "avx512_vnni"
-    return "avx2" if "avx2" in flags else "other"
 
 
 # ----------------------------------------------------------------------------- models

@@ -35,6 +35,8 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+from machine import isa  # benchmarks/machine.py (this script's own directory is on sys.path)
+
 import numpy as np
 
 import ilit
@@ -44,10 +46,6 @@ STRATEGIES = ("basic", "mse", "bayesian")
 N_TOY_OPS = 20
 
 
-def isa() -> str:
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    return "amx" if "amx_int8" in flags else "avx512_vnni" if "avx512_vnni" in flags else \
-        "avx2" if "avx2" in flags else "other"
 
 
 # ----------------------------------------------------------------------------- one tuning run

@@ -101,13 +101,18 @@ def _plain_linear(module: nn.Module) -> Optional[nn.Linear]:
     return module if type(module) is nn.Linear else None
 
 
+def _reads_alone(user: Node, node: Node, mod: Optional[nn.Module]) -> bool:
+    """Whether ``user`` is a call of a (plain) Linear whose only argument is ``node``'s output."""
+    return mod is not None and _plain_linear(mod) is not None and len(user.args) == 1 and user.args[0] is node \
+        and not user.kwargs
+
+
 def _consumers(node: Node, modules: Mapping[str, nn.Module]) -> Optional[List[Node]]:
     """The Linear nodes ``node``'s output reaches (through dropout/identity), or None if it reaches anything else."""
     out: List[Node] = []
     for user in node.users:
         mod = modules.get(user.target) if user.op == "call_module" else None
-        if mod is not None and _plain_linear(mod) is not None and user.args and user.args[0] is node \
-                and len(user.args) == 1 and not user.kwargs:
+        if _reads_alone(user, node, mod):
             out.append(user)
         elif mod is not None and isinstance(mod, _PASSTHROUGH):
             more = _consumers(user, modules)
@@ -125,8 +130,7 @@ def _linear_readers(node: Node, modules: Mapping[str, nn.Module]) -> List[Node]:
     out: List[Node] = []
     for user in node.users:
         mod = modules.get(user.target) if user.op == "call_module" else None
-        if mod is not None and _plain_linear(mod) is not None and user.args and user.args[0] is node \
-                and len(user.args) == 1 and not user.kwargs:
+        if _reads_alone(user, node, mod):
             out.append(user)
         elif mod is not None and isinstance(mod, _PASSTHROUGH):
             out += _linear_readers(user, modules)
