@@ -173,8 +173,9 @@ def _quantize_input_of(gm, target):
     return quant.target, quant.args[0]
 
 
-def test_post_ln_int8_reads_the_smoothed_input_and_is_closer_to_fp32(post_ln_transformer, digits, fx):
-    model = post_ln_transformer
+def _plain_and_smoothed(model, digits):
+    """The adaptor, the model quantized plain and with SmoothQuant (alpha 0.75) on the current backend, the test
+    inputs and the FP32 outputs on them."""
     adaptor = make_adaptor()
     plain = uniform_cfg(adaptor, model, iterations=4)
     sq = {**plain, "recipes": {"smooth_quant": {"alpha": 0.75}}}
@@ -182,6 +183,12 @@ def test_post_ln_int8_reads_the_smoothed_input_and_is_closer_to_fp32(post_ln_tra
     with torch.no_grad():
         ref = model(x)
         qs = {name: adaptor.quantize(cfg, model, digits[0]) for name, cfg in (("plain", plain), ("sq", sq))}
+    return adaptor, qs, x, ref
+
+
+def test_post_ln_int8_reads_the_smoothed_input_and_is_closer_to_fp32(post_ln_transformer, digits, fx):
+    _, qs, x, ref = _plain_and_smoothed(post_ln_transformer, digits)
+    with torch.no_grad():
         err = {name: float((q(x) - ref).pow(2).mean()) for name, q in qs.items()}
     # FX quantizes the InputScale's output: the INT8 activations are the smoothed ones
     target, src = _quantize_input_of(qs["sq"], "blocks.0.q.m")
@@ -227,14 +234,9 @@ def test_post_ln_fallback_of_a_linear_reading_a_layernorm_runs(post_ln_transform
 def test_post_ln_smoothquant_on_pt2e(post_ln_transformer, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("ILIT_PYTORCH_BACKEND", "pt2e")
     model = post_ln_transformer
-    adaptor = make_adaptor()
-    plain = uniform_cfg(adaptor, model, iterations=4)
-    sq = {**plain, "recipes": {"smooth_quant": {"alpha": 0.75}}}
-    x = torch.cat([xb for xb, _ in digits[1]])
+    adaptor, qs, x, ref = _plain_and_smoothed(model, digits)
+    assert all(isinstance(q, backend.PT2EModel) for q in qs.values())
     with torch.no_grad():
-        ref = model(x)
-        qs = {name: adaptor.quantize(cfg, model, digits[0]) for name, cfg in (("plain", plain), ("sq", sq))}
-        assert all(isinstance(q, backend.PT2EModel) for q in qs.values())
         err = {name: float((q.graph_module(x) - ref).pow(2).mean()) for name, q in qs.items()}
     gm = qs["sq"].graph_module
     # the explicit scale is a float mul whose output is what gets quantized for q's linear
